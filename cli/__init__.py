@@ -1,0 +1,1 @@
+"""The ``sgma-batch`` command line: thin Typer commands over the library."""

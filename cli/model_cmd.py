@@ -1,0 +1,38 @@
+"""``sgma-batch model list`` and ``sgma-batch model info CHECKPOINT``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+model_app = typer.Typer(help="Inspect registered model architectures and checkpoints.", no_args_is_help=True)
+
+
+@model_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the registered model names."""
+    from sgma_model import list_models as _list
+
+    names = _list()
+    typer.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
+@model_app.command("info")
+def info(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + card.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole model card as JSON."),
+) -> None:
+    """Show a checkpoint's model card: architecture, modalities and bands, classes, metrics."""
+    from sgma_model.checkpoint import read_card
+
+    card = read_card(checkpoint)
+    if as_json:
+        typer.echo(json.dumps(card.to_dict(), indent=2))
+        return
+    typer.echo(card.summary())
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(model_app, name="model")

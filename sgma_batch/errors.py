@@ -1,0 +1,147 @@
+"""The error hierarchy of sgma-batch, with one distinct process exit code per kind.
+
+Every error a user can cause derives from :class:`SgmaError` and also from the builtin callers already
+catch (``ValueError``, ``LookupError``, ``OSError``, ``RuntimeError``). The CLI prints ``str(err)`` as one
+line and exits with ``err.exit_code``; ``docs/reliability.md`` lists the codes and messages.
+
+Exit codes: 0 success, 1 unexpected internal error, 2 command-line usage, 3 partial result (the job
+finished but some tiles are degraded or failed), 4 nothing found; 10-19 AOI, 20-29 catalogue and
+search, 30-39 model and checkpoint, 40-49 output store, 50-59 training and chips, 60-69 data/assets.
+"""
+
+from __future__ import annotations
+
+
+class SgmaError(Exception):
+    """Base class of every expected, user-facing error."""
+
+    exit_code: int = 1
+
+
+# -- generic outcomes -------------------------------------------------------------------------------
+class UsageError(SgmaError, ValueError):
+    exit_code = 2
+
+
+class NothingFoundError(SgmaError, LookupError):
+    """A search or a plan matched nothing: not a crash, but nothing to do."""
+
+    exit_code = 4
+
+
+# -- AOI (10-19) ------------------------------------------------------------------------------------
+class AOIError(SgmaError, ValueError):
+    exit_code = 10
+
+
+class AOIUnreadableError(AOIError):
+    exit_code = 10
+
+
+class AOINotGeoJSONError(AOIError):
+    exit_code = 11
+
+
+class AOIEmptyError(AOIError):
+    exit_code = 12
+
+
+class AOIInvalidGeometryError(AOIError):
+    exit_code = 13
+
+
+class AOIProjectedCoordinatesError(AOIError):
+    exit_code = 14
+
+
+class AOITooLargeError(AOIError):
+    exit_code = 15
+
+
+class AOIAntimeridianError(AOIError):
+    exit_code = 16
+
+
+# -- catalogue and search (20-29) -------------------------------------------------------------------
+class CatalogError(SgmaError, RuntimeError):
+    exit_code = 20
+
+
+class CatalogUnreachableError(CatalogError):
+    exit_code = 20
+
+
+class UnknownCollectionError(CatalogError, LookupError):
+    exit_code = 21
+
+
+class InvalidTimeWindowError(SgmaError, ValueError):
+    exit_code = 22
+
+
+class UnsupportedSceneError(SgmaError, ValueError):
+    """A scene the pipeline cannot put on a map grid (e.g. Sentinel-1 GRD in radar geometry)."""
+
+    exit_code = 23
+
+
+class TooManyItemsError(CatalogError):
+    exit_code = 24
+
+
+class UnsafeAssetError(SgmaError, ValueError):
+    """An asset href with a scheme or location that a remote catalogue must not point at."""
+
+    exit_code = 25
+
+
+# -- model and checkpoint (30-39): sgma_model.errors carries the same codes ---------------------------
+class ModalityMismatchError(SgmaError, ValueError):
+    """The model needs modalities the catalogue does not offer (none of them at all)."""
+
+    exit_code = 33
+
+
+# -- output store (40-49) ---------------------------------------------------------------------------
+class StoreError(SgmaError, OSError):
+    exit_code = 40
+
+
+class StoreIncompatibleError(StoreError):
+    exit_code = 40
+
+
+class StoreUnwritableError(StoreError):
+    exit_code = 41
+
+
+class StoreLockedError(StoreError):
+    exit_code = 42
+
+
+class StoreCorruptError(StoreError):
+    exit_code = 43
+
+
+# -- training, chips, specs (50-59) -----------------------------------------------------------------
+class SpecError(SgmaError, ValueError):
+    exit_code = 50
+
+
+class ChipStoreError(SgmaError, ValueError):
+    exit_code = 51
+
+
+# -- data and assets (60-69) ------------------------------------------------------------------------
+class AssetReadError(SgmaError, OSError):
+    exit_code = 60
+
+
+class CorruptAssetError(AssetReadError):
+    exit_code = 61
+
+
+class EmptyDataError(SgmaError, ValueError):
+    """Bands that hold no valid value at all (all NaN / nodata)."""
+
+    exit_code = 62
