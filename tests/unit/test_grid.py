@@ -1,0 +1,106 @@
+"""Grid anchoring, tiling and the TileTask plan."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from odc.geo.geom import Geometry
+from shapely.geometry import box
+
+from sgma_batch.errors import UsageError
+from sgma_batch.grid import config_hash, content_hash, plan_tiles, target_geobox, utm_epsg_for
+from sgma_batch.scenes import Scene
+
+# A small AOI near 15.2E 45.1N (UTM 33N).
+AOI = box(15.20, 45.10, 15.26, 45.14)
+
+
+def _scene(sid: str, updated: str = "2024-01-01T00:00:00Z") -> Scene:
+    return Scene(
+        id=sid, collection="c", modality="s2", sensor="s2-l2a",
+        datetime=datetime(2024, 1, 1, tzinfo=timezone.utc), geometry={}, bbox=(0, 0, 1, 1),
+        assets={}, updated=updated,
+    )
+
+
+def test_utm_zone_of_centroid():
+    assert utm_epsg_for(15.23, 45.12) == 32633
+    assert utm_epsg_for(-3.0, -10.0) == 32730
+    assert target_geobox(AOI).crs.epsg == 32633
+
+
+@pytest.mark.parametrize("res", [10.0, 20.0, 30.0])
+def test_grid_anchored_to_multiples_of_resolution_and_covers_aoi(res):
+    gbox = target_geobox(AOI, res_m=res)
+    a = gbox.transform
+    assert a.a == res and a.e == -res
+    assert a.c % res == 0 and a.f % res == 0
+    aoi_utm = Geometry(AOI, "EPSG:4326").to_crs(gbox.crs)
+    assert gbox.extent.contains(aoi_utm.buffer(-1e-6))
+
+
+def test_crs_override():
+    gbox = target_geobox(AOI, res_m=10, crs=3035)
+    assert gbox.crs.epsg == 3035
+    assert gbox.transform.c % 10 == 0
+
+
+def test_bad_resolution_and_tile_size():
+    with pytest.raises(UsageError):
+        target_geobox(AOI, res_m=0)
+    with pytest.raises(UsageError):
+        plan_tiles(target_geobox(AOI), AOI, tile_px=100, halo_px=8)
+
+
+def test_tiles_partition_grid_and_halo_pads_core():
+    gbox = target_geobox(AOI, res_m=10)
+    tasks = plan_tiles(gbox, AOI, tile_px=128, halo_px=16)
+    ny = -(-gbox.shape.y // 128)
+    nx = -(-gbox.shape.x // 128)
+    assert len(tasks) == ny * nx  # a rectangle AOI touches every tile of its own bbox grid
+    covered = 0
+    for t in tasks:
+        ys, xs = t.region
+        assert ys.start % 128 == 0 and xs.start % 128 == 0  # chunk aligned
+        assert t.core == gbox[ys, xs]
+        assert t.halo.shape.y == t.core.shape.y + 32 and t.halo.shape.x == t.core.shape.x + 32
+        assert t.halo.transform.c == t.core.transform.c - 16 * 10
+        covered += t.core.shape.y * t.core.shape.x
+    assert covered == gbox.shape.y * gbox.shape.x
+
+
+def test_only_tiles_that_touch_the_aoi():
+    big = target_geobox(box(15.20, 45.10, 15.30, 45.20), res_m=10)
+    small = box(15.20, 45.10, 15.21, 45.11)
+    tasks = plan_tiles(big, small, tile_px=128, halo_px=0)
+    assert 1 <= len(tasks) < 8
+    all_tasks = plan_tiles(big, box(15.20, 45.10, 15.30, 45.20), tile_px=128, halo_px=0)
+    assert len(all_tasks) > 20
+
+
+def test_content_hash_changes_with_each_input():
+    a, b = _scene("a"), _scene("b")
+    base = content_hash("r0_c0", {"s2": [a, b]}, "m1", "c1")
+    assert base == content_hash("r0_c0", {"s2": [b, a]}, "m1", "c1")  # order does not matter
+    assert base != content_hash("r0_c1", {"s2": [a, b]}, "m1", "c1")
+    assert base != content_hash("r0_c0", {"s2": [a]}, "m1", "c1")
+    assert base != content_hash("r0_c0", {"s2": [a, _scene("b", "2024-02-02T00:00:00Z")]}, "m1", "c1")
+    assert base != content_hash("r0_c0", {"s2": [a, b]}, "m2", "c1")
+    assert base != content_hash("r0_c0", {"s2": [a, b]}, "m1", "c2")
+    assert config_hash({"x": 1, "y": 2}) == config_hash({"y": 2, "x": 1})
+
+
+def test_plan_ranks_scenes_per_tile_and_signature():
+    gbox = target_geobox(AOI, res_m=10)
+    seen = []
+
+    def scenes_for(cell):
+        seen.append(cell.crs.epsg)
+        return {"s2": (_scene("x"),), "s1": ()}
+
+    tasks = plan_tiles(gbox, AOI, tile_px=256, halo_px=8, scenes_for=scenes_for, model_hash="m", cfg_hash="c")
+    assert set(seen) == {4326}
+    assert all(t.signature == ("s2",) for t in tasks)
+    assert tasks[0].scene_ids() == {"s1": [], "s2": ["x"]}
+    assert len({t.content_hash for t in tasks}) == len(tasks)
