@@ -1,0 +1,469 @@
+"""The output Zarr store: template, chunk-aligned tile writes, the manifest and the finish step.
+
+Layout (see DESIGN.md "Output store"):
+
+* ``class`` (y, x) uint8, 255 = nodata (also every pixel outside the AOI polygon);
+* ``confidence`` (y, x) uint8, max blended probability x 255 (0 where nodata);
+* ``modality_mask`` (y, x) uint8, bit m set where modality m (``modalities`` attribute order) was present;
+* ``robustness`` (modality, y, x) uint8, the SGF fusion weights x 255 (CF ``scale_factor`` 1/255, so
+  xarray decodes them to floats in [0, 1]); uint8 rather than float16 because the weights are a
+  display/diagnostic quantity where 1/255 steps are plenty and the store is 2x smaller;
+* optional ``probability`` (class, y, x) float16, NaN where nodata.
+
+Every spatial variable has a CF ``grid_mapping`` (``spatial_ref``) and GeoZarr ``proj:``/``spatial:``
+attributes, so xarray (``decode_coords="all"``), rioxarray, odc-geo and GDAL see the CRS.
+
+Chunks are ``tile_px`` square: one tile core is exactly one chunk, so each task writes its own chunk and
+nothing else (checked here, because xarray checks alignment only for dask arrays). A tile is committed by
+writing ``manifest/<tile_id>.json`` atomically *after* its data: a record's presence is the commit point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from odc.geo.geobox import GeoBox
+
+from sgma_batch import __version__
+from sgma_batch.errors import StoreCorruptError, StoreIncompatibleError, StoreUnwritableError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CLASS_NODATA",
+    "StoreLayout",
+    "TileArrays",
+    "open_or_create_store",
+    "write_tile",
+    "commit_tile",
+    "read_manifest",
+    "finish_store",
+    "render_quicklook",
+    "manifest_summary",
+]
+
+CLASS_NODATA = 255
+MANIFEST_DIR = "manifest"
+DONE_STATUSES = frozenset({"computed", "nodata"})  # degraded/failed tiles are retried on a rerun
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What fixes a store's shape: the grid, the chunking, the classes and the modalities."""
+
+    geobox: GeoBox
+    tile_px: int
+    classes: tuple[tuple[str, str], ...]  # (name, "#rrggbb"), index = class id
+    modalities: tuple[str, ...]
+    write_probability: bool = False
+    zarr_format: int = 3
+
+    def grid_record(self) -> dict[str, Any]:
+        g = self.geobox
+        return {
+            "crs": g.crs.to_wkt(),
+            "epsg": g.crs.epsg,
+            "transform": list(g.transform)[:6],
+            "shape": [g.shape.y, g.shape.x],
+            "tile_px": self.tile_px,
+        }
+
+
+@dataclass(frozen=True)
+class TileArrays:
+    """The outputs of one tile core, shapes (H, W) / (M, H, W) / (K, H, W) of the core."""
+
+    class_: np.ndarray  # (H, W) uint8
+    confidence: np.ndarray  # (H, W) uint8
+    modality_mask: np.ndarray  # (H, W) uint8
+    robustness: np.ndarray  # (M, H, W) uint8
+    probability: np.ndarray | None = None  # (K, H, W) float16
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _geozarr_attrs(geobox: GeoBox) -> dict[str, Any]:
+    t = geobox.transform
+    bbox = geobox.extent.boundingbox
+    attrs: dict[str, Any] = {
+        "proj:wkt2": geobox.crs.to_wkt(),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "spatial:shape": [geobox.shape.y, geobox.shape.x],
+        "spatial:bbox": [bbox.left, bbox.bottom, bbox.right, bbox.top],
+        "spatial:registration": "pixel",
+        "_CRS": {"wkt": geobox.crs.to_wkt()},  # what GDAL's Zarr driver reads the CRS from
+    }
+    if geobox.crs.epsg is not None:
+        attrs["proj:code"] = f"EPSG:{geobox.crs.epsg}"
+    return attrs
+
+
+def _template(layout: StoreLayout, attrs: Mapping[str, Any]):
+    import dask.array as da
+    import xarray as xr
+    from odc.geo.xr import xr_zeros
+
+    g = layout.geobox
+    t = layout.tile_px
+    base = xr_zeros(g, "uint8", chunks=(t, t))
+    coords = {"y": base.y, "x": base.x, "spatial_ref": base.spatial_ref}
+    geo = _geozarr_attrs(g)
+    m, k = len(layout.modalities), len(layout.classes)
+    names = [c[0] for c in layout.classes]
+    data = {
+        "class": xr.DataArray(
+            da.full(g.shape.yx, CLASS_NODATA, dtype="uint8", chunks=(t, t)), dims=("y", "x"),
+            attrs={"long_name": "land-cover class id", "flag_values": list(range(k)), "flag_meanings": " ".join(names),
+                   "flag_colors": [c[1] for c in layout.classes], **geo},
+        ),
+        "confidence": xr.DataArray(
+            da.zeros(g.shape.yx, dtype="uint8", chunks=(t, t)), dims=("y", "x"),
+            attrs={"long_name": "max blended class probability x 255", **geo},
+        ),
+        "modality_mask": xr.DataArray(
+            da.zeros(g.shape.yx, dtype="uint8", chunks=(t, t)), dims=("y", "x"),
+            attrs={"long_name": "bit m set where modality m was present", "flag_masks": [1 << i for i in range(m)],
+                   "flag_meanings": " ".join(layout.modalities), **geo},
+        ),
+        "robustness": xr.DataArray(
+            da.zeros((m, *g.shape.yx), dtype="uint8", chunks=(m, t, t)), dims=("modality", "y", "x"),
+            attrs={"long_name": "SGF fusion weight per modality (robustness map)", **geo},
+        ),
+    }
+    coords["modality"] = ("modality", np.array(layout.modalities, dtype=object))  # vlen strings: in the v3 spec
+    encoding: dict[str, dict[str, Any]] = {
+        "class": {"_FillValue": CLASS_NODATA, "dtype": "uint8", "chunks": (t, t)},
+        "confidence": {"_FillValue": None, "dtype": "uint8", "chunks": (t, t)},
+        "modality_mask": {"_FillValue": None, "dtype": "uint8", "chunks": (t, t)},
+        "robustness": {"dtype": "uint8", "scale_factor": 1.0 / 255.0, "_FillValue": None, "chunks": (m, t, t)},
+    }
+    if layout.write_probability:
+        coords["class_name"] = ("class_name", np.array(names, dtype=object))
+        data["probability"] = xr.DataArray(
+            da.full((k, *g.shape.yx), np.nan, dtype="float16", chunks=(k, t, t)), dims=("class_name", "y", "x"),
+            attrs={"long_name": "blended class probability", **geo},
+        )
+        encoding["probability"] = {"_FillValue": np.float16(np.nan), "dtype": "float16", "chunks": (k, t, t)}
+    ds = xr.Dataset(data, coords=coords, attrs=dict(attrs))
+    for name in data:
+        ds[name].encoding["grid_mapping"] = "spatial_ref"
+    return ds, encoding
+
+
+def _root_attrs(layout: StoreLayout, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "title": "sgma-batch land-cover mosaic",
+        "sgma:grid": layout.grid_record(),
+        "sgma:classes": [{"name": n, "color": c} for n, c in layout.classes],
+        "sgma:modalities": list(layout.modalities),
+        "sgma:version": __version__,
+        "sgma:zarr_format": layout.zarr_format,
+        "sgma:probability": layout.write_probability,
+        **_geozarr_attrs(layout.geobox),
+        **{f"sgma:{k}": v for k, v in provenance.items()},
+    }
+
+
+def _check_compatible(path: Path, attrs: Mapping[str, Any], layout: StoreLayout) -> None:
+    grid = attrs.get("sgma:grid")
+    if grid is None:
+        raise StoreIncompatibleError(f"{path} is not an sgma-batch store; pass a new --out path")
+    want = layout.grid_record()
+    diffs = []
+    if grid.get("epsg") != want["epsg"] or (want["epsg"] is None and grid.get("crs") != want["crs"]):
+        diffs.append(f"CRS {grid.get('epsg')} != {want['epsg']}")
+    if not np.allclose(grid.get("transform", []), want["transform"]) or grid.get("shape") != want["shape"]:
+        diffs.append(f"grid {grid.get('shape')}@{grid.get('transform')} != {want['shape']}@{want['transform']}")
+    if grid.get("tile_px") != want["tile_px"]:
+        diffs.append(f"tile size {grid.get('tile_px')} != {want['tile_px']}")
+    classes = [(c["name"], c["color"]) for c in attrs.get("sgma:classes", [])]
+    if [c[0] for c in classes] != [c[0] for c in layout.classes]:
+        diffs.append(f"classes {[c[0] for c in classes]} != {[c[0] for c in layout.classes]}")
+    if list(attrs.get("sgma:modalities", [])) != list(layout.modalities):
+        diffs.append(f"modalities {attrs.get('sgma:modalities')} != {list(layout.modalities)}")
+    if bool(attrs.get("sgma:probability", False)) != layout.write_probability:
+        diffs.append("probability variable present in one and not the other")
+    if diffs:
+        raise StoreIncompatibleError(
+            f"store {path} was written for a different layout ({'; '.join(diffs)}); "
+            "use the same --res/--crs/--tile-px/--model or write to a new --out"
+        )
+
+
+def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapping[str, Any]) -> bool:
+    """Create the store template, or check that an existing store has the same layout.
+
+    Returns:
+        True when the store was created, False when an existing compatible store is reused (its root
+        attributes are then refreshed with the new provenance).
+    """
+    import zarr
+
+    path = Path(path)
+    attrs = _root_attrs(layout, provenance)
+    if path.exists() and any(path.iterdir()):
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+        except Exception as exc:  # noqa: BLE001 - any failure to open means "not a store we can use"
+            raise StoreIncompatibleError(
+                f"{path} exists and is not a readable Zarr store ({type(exc).__name__}); pass a new --out path"
+            ) from None
+        if group.metadata.zarr_format != layout.zarr_format:
+            raise StoreIncompatibleError(
+                f"store {path} is Zarr v{group.metadata.zarr_format}, not v{layout.zarr_format}; "
+                f"pass --zarr-format {group.metadata.zarr_format} or a new --out"
+            )
+        _check_compatible(path, group.attrs.asdict(), layout)
+        group.attrs.update(attrs)
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnwritableError(f"cannot create {path.parent} ({exc.strerror}); choose a writable --out") from None
+    ds, encoding = _template(layout, attrs)
+    with warnings.catch_warnings():
+        # robustness is uint8 with a scale_factor and no _FillValue, on purpose (0 = not present)
+        warnings.filterwarnings("ignore", message="saving variable", category=Warning)
+        ds.to_zarr(str(path), mode="w", compute=False, consolidated=False, zarr_format=layout.zarr_format,
+                   encoding=encoding)
+    (path / MANIFEST_DIR).mkdir(exist_ok=True)
+    log.info("created store %s (%s px, chunks %d)", path, layout.geobox.shape, layout.tile_px)
+    return True
+
+
+def _check_region(region: tuple[slice, slice], layout: StoreLayout) -> None:
+    h, w = layout.geobox.shape.yx
+    t = layout.tile_px
+    for sl, n in zip(region, (h, w)):
+        # One writer per chunk: a region must start on a chunk edge and end on the next or at the edge.
+        if sl.start % t != 0 or not (sl.stop - sl.start == t or (sl.stop == n and sl.stop - sl.start <= t)):
+            raise AssertionError(f"region {region} is not one chunk of {t} px in a {h}x{w} grid")
+
+
+def write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slice], arrays: TileArrays) -> None:
+    """Write one tile core's arrays into exactly its own chunk of every variable."""
+    import zarr
+
+    _check_region(region, layout)
+    ys, xs = region
+    shape = (ys.stop - ys.start, xs.stop - xs.start)
+    assert arrays.class_.shape == shape, (arrays.class_.shape, shape)
+
+    def arr(name: str):  # open arrays directly: listing the group would visit manifest/ as well
+        return zarr.open_array(str(path), path=name, mode="r+", zarr_format=layout.zarr_format)
+
+    arr("class")[ys, xs] = arrays.class_.astype(np.uint8, copy=False)
+    arr("confidence")[ys, xs] = arrays.confidence.astype(np.uint8, copy=False)
+    arr("modality_mask")[ys, xs] = arrays.modality_mask.astype(np.uint8, copy=False)
+    arr("robustness")[:, ys, xs] = arrays.robustness.astype(np.uint8, copy=False)
+    if layout.write_probability:
+        assert arrays.probability is not None
+        arr("probability")[:, ys, xs] = arrays.probability.astype(np.float16, copy=False)
+
+
+def _atomic_write_json(target: Path, record: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def commit_tile(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Commit a tile: write its manifest record atomically, after its data."""
+    directory = Path(path) / MANIFEST_DIR
+    directory.mkdir(exist_ok=True)
+    _atomic_write_json(directory / f"{record['tile_id']}.json", record)
+
+
+def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
+    """All committed tile records of a store, by tile id."""
+    directory = Path(path) / MANIFEST_DIR
+    out: dict[str, dict[str, Any]] = {}
+    if not directory.is_dir():
+        return out
+    for f in sorted(directory.glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            raise StoreCorruptError(f"manifest record {f} is not JSON; delete it to recompute that tile") from None
+        out[rec["tile_id"]] = rec
+    return out
+
+
+def manifest_summary(path: str | Path) -> dict[str, int]:
+    """Counts of committed tiles per status."""
+    counts: dict[str, int] = {}
+    for rec in read_manifest(path).values():
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    return counts
+
+
+def _overview_levels(layout: StoreLayout) -> list[int]:
+    h, w = layout.geobox.shape.yx
+    levels, f = [], 2
+    while max(h, w) / (f // 2) > layout.tile_px:
+        levels.append(f)
+        f *= 2
+    return levels
+
+
+def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
+    """Nearest-neighbour (centre pixel) overviews of ``class`` and ``modality_mask`` under overviews/<f>."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    src_class, src_mask = root["class"], root["modality_mask"]
+    factors = _overview_levels(layout)
+    ov_dir = path / "overviews"
+    if ov_dir.exists():
+        shutil.rmtree(ov_dir)
+    for f in factors:
+        gb = layout.geobox.zoom_out(f)
+        sub = StoreLayout(gb, layout.tile_px, layout.classes, layout.modalities, False, layout.zarr_format)
+        ds, encoding = _template(sub, {"sgma:overview_factor": f, **_geozarr_attrs(gb)})
+        ds = ds[["class", "modality_mask"]]
+        encoding = {k: encoding[k] for k in ("class", "modality_mask")}
+        ds.to_zarr(str(path), group=f"overviews/{f}", mode="w", compute=False, consolidated=False,
+                   zarr_format=layout.zarr_format, encoding=encoding)
+        dst = zarr.open_group(str(path / "overviews" / str(f)), mode="r+", use_consolidated=False)
+        oh, ow = gb.shape.yx
+        t = layout.tile_px
+        for y0 in range(0, oh, t):  # one overview chunk at a time: O(tile) memory
+            for x0 in range(0, ow, t):
+                y1, x1 = min(y0 + t, oh), min(x0 + t, ow)
+                ys = slice(y0 * f + f // 2, min(y1 * f, src_class.shape[0]), f)
+                xs = slice(x0 * f + f // 2, min(x1 * f, src_class.shape[1]), f)
+                block_c = np.full((y1 - y0, x1 - x0), CLASS_NODATA, np.uint8)
+                block_m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                c, m = src_class[ys, xs], src_mask[ys, xs]
+                block_c[: c.shape[0], : c.shape[1]] = c
+                block_m[: m.shape[0], : m.shape[1]] = m
+                dst["class"][y0:y1, x0:x1] = block_c
+                dst["modality_mask"][y0:y1, x0:x1] = block_m
+    return factors
+
+
+def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path:
+    """A PNG of the class map (from the finest overview no larger than ``max_px``) with a legend."""
+    import zarr
+    from PIL import Image, ImageDraw
+
+    path, png = Path(path), Path(png)
+    root = zarr.open_group(str(path), mode="r")
+    attrs = root.attrs.asdict()
+    classes = [(c["name"], c["color"]) for c in attrs["sgma:classes"]]
+    arr = root["class"]
+    if max(arr.shape) > max_px and "overviews" in root:
+        for f in sorted(int(k) for k in root["overviews"].group_keys()):
+            cand = root["overviews"][str(f)]["class"]
+            arr = cand
+            if max(cand.shape) <= max_px:
+                break
+    data = np.asarray(arr[...])
+    if max(data.shape) > max_px:  # no overview small enough: subsample
+        step = -(-max(data.shape) // max_px)
+        data = data[::step, ::step]
+    palette = np.full((256, 4), (255, 255, 255, 0), np.uint8)
+    for i, (_, color) in enumerate(classes):
+        palette[i] = (*bytes.fromhex(color.lstrip("#")), 255)
+    rgba = palette[data]  # (H, W, 4)
+    h, w = data.shape
+    row_h, legend_w = 18, 150
+    canvas = Image.new("RGBA", (w + legend_w, max(h, row_h * (len(classes) + 2))), (255, 255, 255, 255))
+    canvas.paste(Image.fromarray(rgba, "RGBA"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((w + 8, 4), "class", fill=(0, 0, 0, 255))
+    for i, (name, color) in enumerate(classes):
+        y = 4 + row_h * (i + 1)
+        draw.rectangle((w + 8, y, w + 22, y + 12), fill=color, outline=(0, 0, 0, 255))
+        draw.text((w + 28, y), name, fill=(0, 0, 0, 255))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(png)
+    return png
+
+
+def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footprint: Any) -> dict[str, Any]:
+    g = layout.geobox
+    ll = footprint if footprint is not None else g.extent.to_crs("EPSG:4326")
+    geometry = ll.json if hasattr(ll, "json") else ll
+    bbox = list(ll.boundingbox) if hasattr(ll, "boundingbox") else None
+    window = attrs.get("sgma:window") or [None, None]
+    created = attrs.get("sgma:created", datetime.now(timezone.utc).isoformat())
+    return {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+            "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+        ],
+        "id": path.name,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": {
+            "datetime": None,
+            "start_datetime": window[0],
+            "end_datetime": window[1],
+            "created": created,
+            "proj:code": f"EPSG:{g.crs.epsg}" if g.crs.epsg else None,
+            "proj:shape": [g.shape.y, g.shape.x],
+            "proj:transform": list(g.transform)[:6],
+            "sgma:model": attrs.get("sgma:model"),
+            "sgma:model_hash": attrs.get("sgma:model_hash"),
+            "sgma:config_hash": attrs.get("sgma:config_hash"),
+            "sgma:modalities": list(layout.modalities),
+            "classification:classes": [
+                {"value": i, "name": n, "color_hint": c.lstrip("#").upper()} for i, (n, c) in enumerate(layout.classes)
+            ],
+        },
+        "links": [],
+        "assets": {
+            "data": {"href": "./", "type": "application/vnd+zarr", "roles": ["data"],
+                     "title": f"Zarr v{layout.zarr_format} mosaic"},
+            "quicklook": {"href": "./quicklook.png", "type": "image/png", "roles": ["overview"]},
+        },
+    }
+
+
+def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None) -> dict[str, Any]:
+    """Overviews, consolidated metadata, quicklook PNG and a STAC Item (``item.json``) of the product.
+
+    Args:
+        footprint: the AOI as an odc-geo Geometry in EPSG:4326 (default: the grid's extent).
+    """
+    import zarr
+
+    path = Path(path)
+    factors = _write_overviews(path, layout)
+    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    root.attrs["sgma:overviews"] = factors
+    attrs = root.attrs.asdict()
+    zarr.consolidate_metadata(str(path), zarr_format=layout.zarr_format)
+    render_quicklook(path, path / "quicklook.png")
+    item = _stac_item(path, layout, attrs, footprint)
+    _atomic_write_json(path / "item.json", item)
+    return item
+
+
+def tile_records_done(manifest: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> set[str]:
+    """Ids of tasks whose committed record is done with a matching content hash (reusable)."""
+    return {
+        t.tile_id for t in tasks
+        if (rec := manifest.get(t.tile_id)) is not None
+        and rec.get("status") in DONE_STATUSES and rec.get("content_hash") == t.content_hash
+    }
