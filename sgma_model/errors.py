@@ -30,3 +30,9 @@ class BandMismatchError(ModelError, ValueError):
     """An input whose bands (count or names) do not match the model card."""
 
     exit_code = 32
+
+
+class InputShapeError(ModelError, ValueError):
+    """Model inputs that cannot be fused: no modality given, or modalities/masks of different shapes."""
+
+    exit_code = 34
