@@ -7,7 +7,8 @@ takes a run lock in every target store first (so two schedules never write one s
 calls :func:`sgma_batch.run.run_mosaic` for each entry. ``run_mosaic`` skips tiles whose content hash is
 unchanged, so a rerun over an unchanged archive recomputes nothing.
 
-The lock is a file created atomically (``O_CREAT | O_EXCL``) inside the store that records who holds it
+The lock is a file created atomically inside the store (``O_CREAT | O_EXCL`` on a file system; an
+exclusive create, i.e. a conditional write, through fsspec on an object store) that records who holds it
 (host, pid, time). A held lock is refused with :class:`~sgma_batch.errors.StoreLockedError` (exit 42)
 before anything is written; a lock left by a crashed job is broken only on request (``break_lock``).
 """
@@ -327,23 +328,32 @@ class LockInfo:
         return f"held by pid {self.pid} on {self.host} since {self.created}"
 
 
-def lock_path(store: str | Path) -> Path:
-    """Where the run lock of a local store lives."""
-    if isinstance(store, str) and _is_url(store):
-        raise StoreUnwritableError(
-            f"run locks need a local or mounted store path, got {store}; mount the bucket or use a local path"
-        )
-    return Path(store) / LOCK_NAME
+def lock_path(store: str | Path) -> str:
+    """Where the run lock of a store lives (a local path or a URL)."""
+    return f"{str(store).rstrip('/')}/{LOCK_NAME}"
+
+
+def _fs(store: str | Path) -> tuple[Any, str]:
+    """The fsspec filesystem of a URL store and the lock's path on it (None for local paths)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(store))
+    return fs, f"{root.rstrip('/')}/{LOCK_NAME}"
 
 
 def read_lock(store: str | Path) -> LockInfo | None:
     """The current holder of a store's lock, or None when it is free."""
-    path = lock_path(store)
     try:
-        raw = json.loads(path.read_text())
-        return LockInfo(**{k: raw[k] for k in ("host", "pid", "created", "user", "note") if k in raw})
+        if _is_url(str(store)):
+            fs, path = _fs(store)
+            text = fs.cat_file(path).decode()
+        else:
+            text = Path(lock_path(store)).read_text()
     except FileNotFoundError:
         return None
+    try:
+        raw = json.loads(text)
+        return LockInfo(**{k: raw[k] for k in ("host", "pid", "created", "user", "note") if k in raw})
     except (ValueError, TypeError, KeyError):
         return LockInfo(host="?", pid=-1, created="?", note="unreadable lock file")
 
@@ -358,22 +368,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False) -> Path:
+def _store_exists(store: str | Path) -> bool:
+    if _is_url(str(store)):
+        fs, path = _fs(store)
+        return bool(fs.exists(path.rsplit("/", 1)[0]))
+    return Path(store).exists()
+
+
+def _remove_lock(store: str | Path) -> None:
+    if _is_url(str(store)):
+        fs, path = _fs(store)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+    else:
+        Path(lock_path(store)).unlink(missing_ok=True)
+
+
+def _create_exclusive(store: str | Path, payload: bytes) -> None:
+    """Create the lock file or raise FileExistsError; atomic on POSIX (O_EXCL) and on object stores
+    whose fsspec driver implements exclusive create (``mode="xb"``: S3 / GCS / Azure conditional writes)."""
+    if _is_url(str(store)):
+        fs, path = _fs(store)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "xb") as fh:
+            fh.write(payload)
+        return
+    path = Path(lock_path(store))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False) -> str:
     """Create the store's lock file atomically; raise StoreLockedError (exit 42) when it is held.
 
     ``break_lock`` removes an existing lock first (for one left behind by a killed job); the holder it
     replaces is logged.
     """
-    path = lock_path(store)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreUnwritableError(f"cannot create store folder {path.parent}: {exc.strerror}") from None
     if break_lock:
         holder = read_lock(store)
         if holder is not None:
             log.warning("breaking run lock of %s (%s)", store, holder.describe())
-            path.unlink(missing_ok=True)
+            _remove_lock(store)
     info = LockInfo(
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -382,7 +423,7 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False)
         note=note,
     )
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        _create_exclusive(store, json.dumps(asdict(info)).encode())
     except FileExistsError:
         holder = read_lock(store)
         desc = holder.describe() if holder else "held"
@@ -394,21 +435,17 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False)
         ) from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise StoreUnwritableError(f"cannot write the run lock {path}: {exc.strerror}") from None
+            raise StoreUnwritableError(f"cannot write the run lock {lock_path(store)}: {exc.strerror}") from None
         raise
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(info), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
     log.debug("locked %s", store)
-    return path
+    return lock_path(store)
 
 
 def release_lock(store: str | Path) -> None:
     """Remove the lock if this process holds it (a lock taken over by someone else is left alone)."""
     holder = read_lock(store)
     if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        lock_path(store).unlink(missing_ok=True)
+        _remove_lock(store)
 
 
 @contextmanager
@@ -420,7 +457,7 @@ def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = Fal
             holder = read_lock(store)
             if holder is not None:
                 acquire_lock(store, note=note)  # raises StoreLockedError with the holder's details
-    fresh = [s for s in ordered if not lock_path(s).parent.exists()]
+    fresh = [s for s in ordered if not _is_url(s) and not _store_exists(s)]
     taken: list[str] = []
     ok = False
     try:
@@ -435,7 +472,7 @@ def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = Fal
         if not ok:  # leave no empty store folders behind a refused or failed job
             for store in fresh:
                 try:
-                    lock_path(store).parent.rmdir()
+                    Path(store).rmdir()
                 except OSError:
                     pass
 

@@ -140,7 +140,7 @@ def test_unreadable_and_non_mapping_specs(tmp_path: Path) -> None:
 def test_lock_records_holder_and_a_second_acquire_is_refused(tmp_path: Path) -> None:
     store = tmp_path / "a.zarr"
     path = acquire_lock(store, note="test")
-    assert path == store / LOCK_NAME
+    assert Path(path) == store / LOCK_NAME and (store / LOCK_NAME).is_file()
     holder = read_lock(store)
     assert holder is not None and holder.pid == os.getpid() and holder.note == "test"
     with pytest.raises(StoreLockedError, match="--break-lock") as err:
@@ -149,6 +149,17 @@ def test_lock_records_holder_and_a_second_acquire_is_refused(tmp_path: Path) -> 
     assert f"pid {os.getpid()}" in str(err.value)
     release_lock(store)
     assert read_lock(store) is None
+
+
+def test_object_store_lock_uses_exclusive_create(tmp_path: Path) -> None:
+    store = f"memory://sgma-test-{os.getpid()}/{tmp_path.name}/a.zarr"
+    acquire_lock(store)
+    assert read_lock(store).pid == os.getpid()
+    with pytest.raises(StoreLockedError, match="is locked"):
+        acquire_lock(store)
+    release_lock(store)
+    assert read_lock(store) is None
+    acquire_lock(store)  # free again
 
 
 def _try_lock(store: str, queue) -> None:  # runs in a child process
