@@ -7,7 +7,7 @@ takes a run lock in every target store first (so two schedules never write one s
 calls :func:`sgma_batch.run.run_mosaic` for each entry. ``run_mosaic`` skips tiles whose content hash is
 unchanged, so a rerun over an unchanged archive recomputes nothing.
 
-The lock is a file created atomically inside the store (``O_CREAT | O_EXCL`` on a file system; an
+The lock is a file created atomically beside the store, ``<store>.sgma-lock`` (``O_CREAT | O_EXCL`` on a file system; an
 exclusive create, i.e. a conditional write, through fsspec on an object store) that records who holds it
 (host, pid, time). A held lock is refused with :class:`~sgma_batch.errors.StoreLockedError` (exit 42)
 before anything is written; a lock left by a crashed job is broken only on request (``break_lock``).
@@ -35,8 +35,9 @@ from sgma_batch.errors import SgmaError, SpecError, StoreLockedError, StoreUnwri
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".sgma-run.lock"
-"""Name of the run-lock file inside an output store."""
+LOCK_SUFFIX = ".sgma-lock"
+"""The run lock of store ``X`` is the file ``X.sgma-lock`` beside it: the store folder itself stays a pure
+Zarr tree (the run engine refuses a new store folder that already holds other files)."""
 
 _TEMPLATE_KEYS = ("aoi", "period", "start", "end", "store")
 
@@ -330,7 +331,7 @@ class LockInfo:
 
 def lock_path(store: str | Path) -> str:
     """Where the run lock of a store lives (a local path or a URL)."""
-    return f"{str(store).rstrip('/')}/{LOCK_NAME}"
+    return f"{str(store).rstrip('/')}{LOCK_SUFFIX}"
 
 
 def _fs(store: str | Path) -> tuple[Any, str]:
@@ -338,7 +339,7 @@ def _fs(store: str | Path) -> tuple[Any, str]:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(str(store))
-    return fs, f"{root.rstrip('/')}/{LOCK_NAME}"
+    return fs, f"{root.rstrip('/')}{LOCK_SUFFIX}"
 
 
 def read_lock(store: str | Path) -> LockInfo | None:
@@ -366,13 +367,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _store_exists(store: str | Path) -> bool:
-    if _is_url(str(store)):
-        fs, path = _fs(store)
-        return bool(fs.exists(path.rsplit("/", 1)[0]))
-    return Path(store).exists()
 
 
 def _remove_lock(store: str | Path) -> None:
@@ -457,24 +451,15 @@ def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = Fal
             holder = read_lock(store)
             if holder is not None:
                 acquire_lock(store, note=note)  # raises StoreLockedError with the holder's details
-    fresh = [s for s in ordered if not _is_url(s) and not _store_exists(s)]
     taken: list[str] = []
-    ok = False
     try:
         for store in ordered:
             acquire_lock(store, note=note, break_lock=break_lock)
             taken.append(store)
         yield
-        ok = True
     finally:
         for store in reversed(taken):
             release_lock(store)
-        if not ok:  # leave no empty store folders behind a refused or failed job
-            for store in fresh:
-                try:
-                    Path(store).rmdir()
-                except OSError:
-                    pass
 
 
 # -- running --------------------------------------------------------------------------------------------

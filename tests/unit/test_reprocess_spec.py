@@ -16,7 +16,7 @@ import yaml
 
 from sgma_batch.errors import NothingFoundError, SpecError, StoreLockedError
 from sgma_batch.reprocess import (
-    LOCK_NAME,
+    LOCK_SUFFIX,
     WindowSeriesSpec,
     WindowSpec,
     acquire_lock,
@@ -140,7 +140,8 @@ def test_unreadable_and_non_mapping_specs(tmp_path: Path) -> None:
 def test_lock_records_holder_and_a_second_acquire_is_refused(tmp_path: Path) -> None:
     store = tmp_path / "a.zarr"
     path = acquire_lock(store, note="test")
-    assert Path(path) == store / LOCK_NAME and (store / LOCK_NAME).is_file()
+    assert Path(path) == tmp_path / f"a.zarr{LOCK_SUFFIX}" and Path(path).is_file()
+    assert not store.exists()  # the store folder stays a pure Zarr tree
     holder = read_lock(store)
     assert holder is not None and holder.pid == os.getpid() and holder.note == "test"
     with pytest.raises(StoreLockedError, match="--break-lock") as err:
@@ -188,7 +189,7 @@ def test_stale_lock_is_named_stale_and_can_be_broken(tmp_path: Path) -> None:
     store.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (store / LOCK_NAME).write_text(
+    Path(f"{store}{LOCK_SUFFIX}").write_text(
         json.dumps({"host": os.uname().nodename, "pid": dead.pid, "created": "2024-01-01T00:00:00+00:00"})
     )
     with pytest.raises(StoreLockedError, match="stale"):
