@@ -1,0 +1,130 @@
+"""The sensor-profile protocol: how one kind of scene is parsed from STAC and harmonised."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from sgma_batch.errors import UnsupportedSceneError
+from sgma_batch.scenes import AssetRef, Scene
+from sgma_batch.sensors import _items as it
+
+log = logging.getLogger(__name__)
+
+
+class SensorProfile:
+    """Base class of the sensor profiles. Instances are stateless and safe to share across processes.
+
+    Subclasses set ``name``, ``modality``, ``bands`` (canonical data bands in model order),
+    ``mask_bands`` (auxiliary categorical bands read for masking, nearest resampling) and
+    ``collections`` (the public collection ids they read, in preference order), and implement
+    :meth:`asset_keys` and :meth:`harmonise`.
+
+    Harmonised arrays hold physical values (reflectance, dB, metres) as float32; invalid pixels
+    are ``False`` in the valid mask and hold 0.0 in the data (never NaN, so they cannot poison a model).
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    bands: ClassVar[tuple[str, ...]]
+    mask_bands: ClassVar[tuple[str, ...]] = ()
+    collections: ClassVar[tuple[str, ...]] = ()
+    auto_select: ClassVar[bool] = True  # may be chosen from a catalogue's collection list unasked
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # -- parsing -------------------------------------------------------------------------------------
+    def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
+        """Map canonical band name -> asset key for this item (bands and mask bands found)."""
+        raise NotImplementedError
+
+    def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """Profile-specific harmonisation facts stored in ``Scene.extra``."""
+        return {}
+
+    def asset_scale_offset(self, item: Mapping[str, Any], asset: Mapping[str, Any]) -> tuple[float, float]:
+        """Scale/offset recorded on the AssetRef. Defaults to identity: :meth:`harmonise` applies units."""
+        return 1.0, 0.0
+
+    def scene_from_item(self, item: Mapping[str, Any], *, signer: str | None = None) -> Scene:
+        """Normalise one STAC Item (a dict) into a :class:`Scene`.
+
+        Args:
+            item: the STAC Item as a JSON mapping, asset hrefs absolute.
+            signer: name of the href signer applied at read time (see :mod:`sgma_batch.stac_io`).
+        """
+        props = item.get("properties") or {}
+        keys = self.asset_keys(item)
+        missing = [b for b in self.bands if b not in keys]
+        if missing:
+            raise UnsupportedSceneError(
+                f"STAC item {item.get('id')} ({item.get('collection')}) lacks assets for bands {missing} of the "
+                f"{self.name} profile; choose another collection with --collections"
+            )
+        assets: dict[str, AssetRef] = {}
+        item_epsg, item_tf, item_shape = it.epsg_of(props), it.transform_of(props), it.shape_of(props)
+        for band, key in keys.items():
+            raw = item["assets"][key]
+            scale, offset = self.asset_scale_offset(item, raw)
+            assets[band] = AssetRef(
+                href=raw["href"],
+                band=band,
+                key=key,
+                nodata=it.nodata_of(raw),
+                scale=scale,
+                offset=offset,
+                epsg=it.epsg_of(raw) or item_epsg,
+                transform=it.transform_of(raw) or item_tf,
+                shape=it.shape_of(raw) or item_shape,
+            )
+        extra = dict(self.extra(item))
+        if signer:
+            extra["signer"] = signer
+        cloud = props.get("eo:cloud_cover")
+        return Scene(
+            id=str(item["id"]),
+            collection=str(item.get("collection") or ""),
+            modality=self.modality,
+            sensor=self.name,
+            datetime=it.item_datetime(item),
+            geometry=item["geometry"],
+            bbox=it.bbox_of(item),
+            assets=it.freeze(assets),
+            epsg=item_epsg,
+            transform=item_tf,
+            shape=item_shape,
+            cloud_cover=float(cloud) if isinstance(cloud, (int, float)) else None,
+            orbit_state=props.get("sat:orbit_state"),
+            updated=props.get("updated"),
+            extra=it.freeze(extra),
+        )
+
+    # -- use -----------------------------------------------------------------------------------------
+    def check_map_grid(self, scene: Scene) -> None:
+        """Raise :class:`UnsupportedSceneError` when the scene cannot be put on a map grid."""
+
+    def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw arrays as read (band -> (H, W)) -> (data (C, H, W) float32 physical, valid (H, W) bool)."""
+        raise NotImplementedError
+
+    # -- shared helpers ------------------------------------------------------------------------------
+    def _stack(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Stack ``self.bands`` as float64 (C, H, W) and the per-band nodata/finite validity (H, W)."""
+        missing = [b for b in self.bands if b not in arrays]
+        if missing:
+            raise UnsupportedSceneError(f"scene {scene.id}: no arrays for bands {missing} of profile {self.name}")
+        shapes = {np.shape(arrays[b]) for b in self.bands}
+        if len(shapes) != 1:
+            raise UnsupportedSceneError(f"scene {scene.id}: bands have different shapes {sorted(shapes)}; read them on one grid")
+        raw = np.stack([np.asarray(arrays[b]) for b in self.bands])  # (C, H, W)
+        data = raw.astype(np.float64)
+        valid = np.isfinite(data).all(axis=0)  # (H, W)
+        for i, band in enumerate(self.bands):
+            ref = scene.assets.get(band)
+            nodata = ref.nodata if ref is not None else None
+            if nodata is not None and np.isfinite(nodata):
+                valid &= raw[i] != nodata
+        return data, valid

@@ -1,0 +1,113 @@
+"""Sentinel-1 profiles: RTC (linear gamma0 -> dB), already-dB backscatter, and GRD (radar geometry: refused)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+
+from sgma_batch.errors import UnsupportedSceneError
+from sgma_batch.scenes import S1_BANDS, Scene
+from sgma_batch.sensors import _items as it
+from sgma_batch.sensors.base import SensorProfile
+
+log = logging.getLogger(__name__)
+
+
+def s1_band_of_asset(key: str, asset: Mapping[str, Any]) -> str | None:
+    """``vv``/``vh`` from keys ``vv``, ``gamma0_vv``, ``VV`` ... or a single ``eo:bands`` name."""
+    bands = asset.get("eo:bands") or asset.get("bands")
+    if isinstance(bands, list) and len(bands) == 1 and isinstance(bands[0], dict):
+        name = str(bands[0].get("name", "")).lower()
+        if name in S1_BANDS:
+            return name
+    k = key.lower()
+    for pol in S1_BANDS:
+        if k == pol or k.endswith(f"_{pol}") or k.endswith(f"-{pol}"):
+            return pol
+    return None
+
+
+class _S1Base(SensorProfile):
+    modality = "s1"
+    bands = S1_BANDS
+
+    def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for key in sorted((item.get("assets") or {})):
+            asset = item["assets"][key]
+            roles = asset.get("roles") or ["data"]
+            if "data" not in roles:
+                continue
+            band = s1_band_of_asset(key, asset)
+            if band is not None and band not in found:
+                found[band] = key
+        return found
+
+
+class S1RTCProfile(_S1Base):
+    """Radiometrically terrain-corrected gamma0 in linear power (PC ``sentinel-1-rtc``, AWS RTC)."""
+
+    name = "s1-rtc"
+    collections = ("sentinel-1-rtc", "sentinel1-rtc-aws", "sentinel-1-c1-rtc")
+
+    def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {"linear": True}
+
+    def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Linear gamma0 -> dB (10·log10); nodata, non-finite and values <= 0 are invalid."""
+        data, valid = self._stack(scene, arrays)  # (C, H, W), (H, W)
+        valid &= (data > 0).all(axis=0)
+        if scene.extra.get("linear", True):
+            safe = np.where(data > 0, data, 1.0)
+            db = 10.0 * np.log10(safe)
+        else:
+            db = data
+        out = db.astype(np.float32)  # (C, H, W) dB
+        out[:, ~valid] = 0.0
+        return out, valid
+
+
+class S1DbProfile(_S1Base):
+    """Backscatter already in dB on a map grid (e.g. the Sen1Floods11 S1Hand chip, pyroSAR outputs)."""
+
+    name = "s1-db"
+    collections = ()
+    auto_select = False
+
+    def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {"linear": False}
+
+    def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Pass dB through; nodata and non-finite values are invalid."""
+        data, valid = self._stack(scene, arrays)
+        out = data.astype(np.float32)
+        out[:, ~valid] = 0.0
+        return out, valid
+
+
+class S1GRDProfile(_S1Base):
+    """Sentinel-1 GRD: parsed, but refused for map-grid use while in radar geometry (GCPs, no map CRS)."""
+
+    name = "s1-grd"
+    collections = ("sentinel-1-grd", "sentinel1-grd")
+    auto_select = False
+
+    def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        props = item.get("properties") or {}
+        epsg = it.epsg_of(props)
+        # A GRD's proj:epsg 4326 and transform only describe its footprint (GCP georeferencing), not a map grid.
+        radar = not (epsg is not None and epsg != 4326 and it.transform_of(props) is not None)
+        return {"radar_geometry": radar, "linear": True}
+
+    def check_map_grid(self, scene: Scene) -> None:
+        if scene.extra.get("radar_geometry", True):
+            raise UnsupportedSceneError(
+                f"scene {scene.id} ({scene.collection}) is Sentinel-1 GRD in radar geometry and cannot be put on a "
+                f"map grid; use a terrain-corrected collection, e.g. --collections s1=sentinel-1-rtc"
+            )
+
+    def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        self.check_map_grid(scene)
+        return S1RTCProfile().harmonise(scene, arrays)
