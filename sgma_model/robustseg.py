@@ -1,0 +1,216 @@
+"""RobustSeg stage-2 losses: a student trained with modality dropout against a frozen full-modality teacher.
+
+Total = ce_weight x CE + kd_weight x KD + hpdm_weight x HPDM + rrm_weight x RRM, defaults 1 / 50 / 100 / 12
+(RobustSeg's public code), RRM with an inner weight of 1e-5. Both outputs must come from
+``model(..., return_features=True)``; student and teacher must have the same ``feature_info`` channels.
+
+- **KD**: KL(teacher || student) of the per-pixel class distributions at temperature T, times T^2, mean over
+  pixels where the student has data.
+- **HPDM**: per sample, stage and student modality, class prototypes by label-masked average pooling
+  (labels resized to the feature grid with nearest; the sum is divided by the pixel count once), for
+  student and teacher; KL(teacher || student) of the softmax over the class axis (per channel), averaged.
+  Hybrid: with probability ``cross_modal_prob`` a student modality is matched to a teacher modality drawn
+  uniformly from the teacher's, otherwise to its own.
+- **RRM**: functional-entropy regulariser (Gat et al. 2020, log-Sobolev): per stage and modality, student
+  and teacher features are perturbed with Gaussian noise (sigma = the feature std), f = KL(softmax_c
+  teacher || softmax_c student) per perturbation, the functional Fisher information I = E[|grad f|^2 / f]
+  is estimated by autograd w.r.t. the perturbed student features, and the penalty is ||1 / I||_2 over the
+  batch (Gat's "max_ent"), times ``rrm_inner``. Unlike KD and HPDM it is a regulariser, not a distance: it is
+  finite but not zero when student == teacher (independent noise keeps f > 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sgma_model.losses import IGNORE_INDEX, masked_cross_entropy
+from sgma_model.model import SegmentationOutput
+
+
+def logit_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, valid: Tensor | None = None) -> Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) x T^2, summed over classes, mean over (valid) pixels."""
+    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)  # (B, K, H, W)
+    s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = (t.exp() * (t - s)).sum(dim=1)  # (B, H, W)
+    if valid is None:
+        return kl.mean() * temperature**2
+    return (kl * valid).sum() / valid.sum().clamp_min(1) * temperature**2
+
+
+def class_prototypes(feat: Tensor, labels: Tensor, num_classes: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Label-masked average pooling.
+
+    Args:
+        feat: (B, C, h, w) features; labels: (B, h, w) long (ignore_index allowed); valid: (B, h, w) bool.
+    Returns:
+        prototypes (B, K, C) (sum divided by the pixel count, once) and present (B, K) bool.
+    """
+    b, c, h, w = feat.shape
+    keep = (labels >= 0) & (labels < num_classes)
+    if valid is not None:
+        keep = keep & valid
+    onehot = F.one_hot(labels.clamp(0, num_classes - 1), num_classes).to(feat.dtype)  # (B, h, w, K)
+    onehot = onehot * keep.unsqueeze(-1).to(feat.dtype)
+    onehot = onehot.reshape(b, h * w, num_classes)
+    sums = torch.bmm(onehot.transpose(1, 2), feat.reshape(b, c, h * w).transpose(1, 2))  # (B, K, C)
+    count = onehot.sum(dim=1)  # (B, K)
+    return sums / count.clamp_min(1).unsqueeze(-1), count > 0
+
+
+def _prototype_kl(ps: Tensor, pt: Tensor, present: Tensor, temperature: float) -> Tensor:
+    """KL over the class axis of (B, K, C) prototypes, restricted to classes present; -> (B,) mean over C."""
+    neg = torch.finfo(torch.float32).min
+    ls = F.log_softmax((ps.float() / temperature).masked_fill(~present.unsqueeze(-1), neg), dim=1)
+    lt = F.log_softmax((pt.float() / temperature).masked_fill(~present.unsqueeze(-1), neg), dim=1)
+    kl = (lt.exp() * (lt - ls)).masked_fill(~present.unsqueeze(-1), 0.0).sum(dim=1)  # (B, C)
+    return kl.mean(dim=1)
+
+
+def _resize_labels(target: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def _resize_valid(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) bool -> (B, h, w): a feature pixel is valid if any input pixel it covers is."""
+    return F.adaptive_max_pool2d(mask[:, None].float(), size)[:, 0] > 0
+
+
+def hpdm_loss(
+    student_feats: Mapping[str, list[Tensor]],
+    teacher_feats: Mapping[str, list[Tensor]],
+    target: Tensor,
+    num_classes: int,
+    *,
+    student_masks: Mapping[str, Tensor] | None = None,
+    cross_modal_prob: float = 0.5,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hybrid prototype distillation, mean over (stage, student modality, sample with data)."""
+    t_names = list(teacher_feats)
+    total, n = target.new_zeros((), dtype=torch.float32), 0
+    for m, s_stages in student_feats.items():
+        for i, fs in enumerate(s_stages):
+            b, _, h, w = fs.shape
+            labels = _resize_labels(target, (h, w))
+            if student_masks is not None and m in student_masks:
+                valid = _resize_valid(student_masks[m], (h, w))
+            else:
+                valid = torch.ones_like(labels, dtype=torch.bool)
+            cross = torch.rand((), generator=generator, device=target.device).item() < cross_modal_prob
+            if cross:
+                j = int(torch.randint(len(t_names), (), generator=generator, device=target.device).item())
+                partner = t_names[j]
+            else:
+                partner = m if m in teacher_feats else t_names[0]
+            ft = teacher_feats[partner][i].detach()
+            if ft.shape[1] != fs.shape[1]:
+                raise ValueError(f"stage {i}: student has {fs.shape[1]} channels, teacher {ft.shape[1]}; use equal sizes")
+            ps, present = class_prototypes(fs, labels, num_classes, valid)
+            pt, present_t = class_prototypes(ft, labels, num_classes)
+            present = present & present_t
+            has = present.any(dim=1)  # samples with any labelled valid pixel
+            if bool(has.any()):
+                total = total + _prototype_kl(ps, pt, present, temperature)[has].sum()
+                n += int(has.sum())
+    return total / max(n, 1)
+
+
+def rrm_loss(
+    student_feats: Mapping[str, list[Tensor]],
+    teacher_feats: Mapping[str, list[Tensor]],
+    *,
+    n_samples: int = 4,
+    generator: torch.Generator | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Functional-entropy regulariser: sum over (stage, modality) of ||1 / I||_2, I = E[|grad f|^2 / f]."""
+    total = None
+    for m, s_stages in student_feats.items():
+        if m not in teacher_feats:
+            continue
+        for fs, ft in zip(s_stages, teacher_feats[m], strict=True):
+            fs32, ft32 = fs.float(), ft.detach().float()
+            b = fs32.shape[0]
+            xs = fs32.repeat(n_samples, 1, 1, 1)  # (n*B, C, h, w)
+            xt = ft32.repeat(n_samples, 1, 1, 1)
+            xs = xs + torch.randn(xs.shape, generator=generator, device=xs.device) * fs32.detach().std()
+            xt = xt + torch.randn(xt.shape, generator=generator, device=xt.device) * ft32.std()
+            if not xs.requires_grad:  # a frozen student: still well defined, no gradient to pass on
+                xs = xs.detach().requires_grad_(True)
+            lt = F.log_softmax(xt, dim=1)
+            f = (lt.exp() * (lt - F.log_softmax(xs, dim=1))).sum(dim=1).flatten(1).mean(dim=1)  # (n*B,)
+            (grad,) = torch.autograd.grad(f.sum(), xs, create_graph=True)
+            info = grad.flatten(1).pow(2).sum(dim=1) / (f + eps)  # (n*B,)
+            info = info.reshape(n_samples, b).mean(dim=0)  # E over perturbations: (B,)
+            term = torch.linalg.vector_norm(1.0 / (info + eps), ord=2)
+            total = term if total is None else total + term
+    if total is None:
+        return next(iter(student_feats.values()))[0].new_zeros(())
+    return total
+
+
+class RobustSegLoss(nn.Module):
+    """CE + KD + HPDM + RRM against a frozen teacher; returns a dict of the weighted total and the terms.
+
+    Args:
+        num_classes: K.
+        ce_weight, kd_weight, hpdm_weight, rrm_weight: term weights (defaults 1 / 50 / 100 / 12).
+        rrm_inner: inner RRM weight (1e-5).
+        temperature: KD temperature; hpdm_temperature: softmax temperature over classes in HPDM.
+        cross_modal_prob: chance that HPDM pairs a student modality with a random teacher modality.
+        rrm_samples: noise draws per feature map in RRM.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ce_weight: float = 1.0,
+        kd_weight: float = 50.0,
+        hpdm_weight: float = 100.0,
+        rrm_weight: float = 12.0,
+        rrm_inner: float = 1e-5,
+        temperature: float = 1.0,
+        hpdm_temperature: float = 1.0,
+        cross_modal_prob: float = 0.5,
+        rrm_samples: int = 4,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ce_weight, self.kd_weight, self.hpdm_weight, self.rrm_weight = ce_weight, kd_weight, hpdm_weight, rrm_weight
+        self.rrm_inner, self.temperature, self.hpdm_temperature = rrm_inner, temperature, hpdm_temperature
+        self.cross_modal_prob, self.rrm_samples, self.ignore_index = cross_modal_prob, rrm_samples, ignore_index
+
+    def forward(
+        self,
+        student: SegmentationOutput,
+        teacher: SegmentationOutput,
+        target: Tensor,
+        *,
+        student_masks: Mapping[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Args: outputs with ``features``; target (B, H, W) class ids; the student's masks if any."""
+        if student.features is None or teacher.features is None:
+            raise ValueError("RobustSegLoss needs model(..., return_features=True) for student and teacher")
+        ce = masked_cross_entropy(student.logits, target, student.valid, self.ignore_index)
+        kd = logit_kd(student.logits, teacher.logits, self.temperature, student.valid)
+        hpdm = hpdm_loss(
+            student.features,
+            teacher.features,
+            target,
+            self.num_classes,
+            student_masks=student_masks,
+            cross_modal_prob=self.cross_modal_prob,
+            temperature=self.hpdm_temperature,
+            generator=generator,
+        )
+        rrm = self.rrm_inner * rrm_loss(student.features, teacher.features, n_samples=self.rrm_samples, generator=generator)
+        total = self.ce_weight * ce + self.kd_weight * kd + self.hpdm_weight * hpdm + self.rrm_weight * rrm
+        return {"loss": total, "ce": ce.detach(), "kd": kd.detach(), "hpdm": hpdm.detach(), "rrm": rrm.detach()}
