@@ -15,9 +15,10 @@ Scenes whose footprint does not intersect the cell, or whose time lies outside t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry

@@ -21,10 +21,11 @@ import ipaddress
 import json
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urljoin, urlparse
 
 import shapely
@@ -75,9 +76,9 @@ def parse_window(start: str | date | datetime, end: str | date | datetime) -> tu
 
     def conv(value: str | date | datetime, is_end: bool) -> datetime:
         if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
         if isinstance(value, date):
-            return datetime.combine(value, time.max if is_end else time.min, tzinfo=timezone.utc)
+            return datetime.combine(value, time.max if is_end else time.min, tzinfo=UTC)
         text = str(value).strip()
         try:
             if len(text) == 10:
@@ -86,14 +87,14 @@ def parse_window(start: str | date | datetime, end: str | date | datetime) -> tu
         except ValueError:
             raise InvalidTimeWindowError(f"cannot parse time {text!r}; use YYYY-MM-DD or RFC 3339 like 2024-04-01T00:00:00Z") from None
 
-    s, e = conv(start, False).astimezone(timezone.utc), conv(end, True).astimezone(timezone.utc)
+    s, e = conv(start, False).astimezone(UTC), conv(end, True).astimezone(UTC)
     if e < s:
         raise InvalidTimeWindowError(f"time window ends ({e.isoformat()}) before it starts ({s.isoformat()}); swap --start and --end")
     return s, e
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- collections ----------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def _open_client(url: str, *, retries: int, backoff: float, timeout: float):
         return Client.open(url, stac_io=make_stac_api_io(total_retries=retries, backoff_factor=backoff, timeout=timeout))
     except APIError as exc:
         raise CatalogUnreachableError(f"STAC API {url} answered an error ({str(exc)[:200]!r}); check the URL") from None
-    except Exception as exc:  # noqa: BLE001 - requests/urllib3 raise many kinds for unreachable hosts
+    except Exception as exc:
         if _is_request_error(exc):
             raise CatalogUnreachableError(f"cannot reach STAC API {url} ({type(exc).__name__}); check the URL and network") from None
         raise
@@ -375,7 +376,7 @@ def _api_search(
             items = list(search.items_as_dicts())
     except APIError as exc:
         raise CatalogError(f"STAC API {url} refused the search for {choice.collection}: {str(exc)[:200]}") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _is_request_error(exc):
             raise CatalogUnreachableError(
                 f"STAC API {url} failed during the search for {choice.collection} after retries ({type(exc).__name__}); try again later"
@@ -395,7 +396,7 @@ def search_scenes(
     *,
     collections: str | Mapping[str, str] | None = None,
     query: Mapping[str, Any] | None = None,
-    filter: Mapping[str, Any] | None = None,  # noqa: A002 - the STAC name
+    filter: Mapping[str, Any] | None = None,
     max_items: int = DEFAULT_MAX_ITEMS,
     signer: str | Callable[[str], str] | None = None,
     modalities: Iterable[str] | None = None,
@@ -435,7 +436,7 @@ def search_scenes(
         client = _open_client(cat, retries=retries, backoff=backoff_factor, timeout=timeout)
         try:
             available = [c.id for c in client.get_collections()]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_request_error(exc):
                 raise CatalogUnreachableError(f"cannot list collections of {cat} ({type(exc).__name__}); check the URL") from None
             raise

@@ -6,7 +6,8 @@ that reads a public collection. Register a new kind with :func:`register_profile
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sgma_batch.errors import UnknownCollectionError, UsageError
 from sgma_batch.scenes import Scene

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from shapely.geometry import shape
 
@@ -24,8 +25,8 @@ def parse_datetime(value: str) -> datetime:
         text = f"{head}.{digits[:6]}{rest}" if digits else head + rest
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def item_time_range(item: Mapping[str, Any]) -> tuple[datetime, datetime]:

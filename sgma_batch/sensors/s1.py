@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class _S1Base(SensorProfile):
 
     def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for key in sorted((item.get("assets") or {})):
+        for key in sorted(item.get("assets") or {}):
             asset = item["assets"][key]
             roles = asset.get("roles") or ["data"]
             if "data" not in roles:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ S2_L1C_FILE_ORDER: tuple[str, ...] = (
 SCL_INVALID: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 DN_SCALE = 1e-4
 BOA_OFFSET_DN = -1000.0
-BASELINE_04_START = datetime(2022, 1, 25, tzinfo=timezone.utc)
+BASELINE_04_START = datetime(2022, 1, 25, tzinfo=UTC)
 _BASELINE_IN_URI = re.compile(r"_N(\d{2})(\d{2})_")
 
 

@@ -1,0 +1,93 @@
+"""``sgma-batch search``: the scenes each modality offers over an AOI and time window."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def _default_catalog() -> str:
+    """The embedded demo archive's catalog.json (generated on first use)."""
+    from sgma_batch import synthetic
+
+    cache_fn = getattr(synthetic, "default_cache_dir", None)
+    cache = Path(cache_fn()) if cache_fn else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgma-batch"
+    return str(synthetic.ensure_demo_archive(cache).catalog_path)
+
+
+def scenes_to_json(results: dict[str, list[Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Scene records as plain JSON (unsigned hrefs only)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for mod, scenes in results.items():
+        out[mod] = [
+            {
+                "id": s.id,
+                "collection": s.collection,
+                "sensor": s.sensor,
+                "datetime": s.datetime.isoformat().replace("+00:00", "Z"),
+                "cloud_cover": s.cloud_cover,
+                "orbit_state": s.orbit_state,
+                "epsg": s.epsg,
+                "bbox": list(s.bbox),
+                "assets": {b: a.href for b, a in s.assets.items()},
+            }
+            for s in scenes
+        ]
+    return out
+
+
+def search(
+    aoi: str = typer.Option(..., "--aoi", help="AOI: GeoJSON file (CRS84) or min_lon,min_lat,max_lon,max_lat."),
+    start: str = typer.Option(..., "--start", help="Window start, YYYY-MM-DD or RFC 3339."),
+    end: str = typer.Option(..., "--end", help="Window end (inclusive), YYYY-MM-DD or RFC 3339."),
+    catalog: Optional[str] = typer.Option(None, "--catalog", help="STAC API URL or static catalog.json (default: demo archive)."),
+    collections: Optional[str] = typer.Option(None, "--collections", help="Per-modality collections, e.g. s2=sentinel-2-l2a,s1=sentinel-1-rtc."),
+    query: Optional[str] = typer.Option(None, "--query", help='STAC query JSON, e.g. \'{"s2": {"eo:cloud_cover": {"lt": 30}}}\'.'),
+    max_items: int = typer.Option(2000, "--max-items", min=1, help="Refuse searches matching more items per modality."),
+    max_area_km2: float = typer.Option(10_000.0, "--max-area-km2", help="Refuse larger AOIs."),
+    signer: Optional[str] = typer.Option(None, "--signer", help="Href signer applied at read time, e.g. planetary-computer."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+) -> None:
+    """List matching scenes per modality; exits 4 when nothing is found."""
+    from sgma_batch.aoi import load_aoi
+    from sgma_batch.errors import UsageError
+    from sgma_batch.search import search_scenes
+
+    area = load_aoi(aoi, max_area_km2=max_area_km2)
+    try:
+        q = json.loads(query) if query else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--query is not JSON ({exc.msg}); give e.g. '{{\"eo:cloud_cover\": {{\"lt\": 30}}}}'") from None
+    cat = catalog or _default_catalog()
+    results = search_scenes(cat, area, start, end, collections=collections, query=q, max_items=max_items, signer=signer)
+    payload = scenes_to_json(results)
+    if as_json:
+        typer.echo(json.dumps({"catalog": cat, "start": start, "end": end, "scenes": payload}, indent=2))
+        return
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        for mod, rows in payload.items():
+            table = Table(title=f"{mod}: {len(rows)} scenes")
+            for col in ("id", "collection", "datetime", "cloud %", "orbit"):
+                table.add_column(col)
+            for r in rows:
+                cc = "" if r["cloud_cover"] is None else f"{r['cloud_cover']:.1f}"
+                table.add_row(r["id"], r["collection"], r["datetime"], cc, r["orbit_state"] or "")
+            console.print(table)
+        return
+    for mod, rows in payload.items():
+        for r in rows:
+            cc = "" if r["cloud_cover"] is None else f"{r['cloud_cover']:.1f}"
+            typer.echo(f"{mod}\t{r['id']}\t{r['collection']}\t{r['datetime']}\t{cc}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
