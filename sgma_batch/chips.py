@@ -382,20 +382,26 @@ def sen1floods11_chip_store(
     out: str | Path,
     *,
     test_quadrant: int = 3,
+    val_quadrant: int | None = None,
     chip_px: int = 64,
     guard_px: int = 16,
     overwrite: bool = False,
 ) -> Path:
     """Chip store from Sen1Floods11 chips: per chip, quadrant ``test_quadrant`` (0 NW, 1 NE, 2 SW, 3 SE)
-    is the test split, the other three quadrants train (no val split: there is nothing to tune on).
+    is the test split, the other three quadrants train (no val split by default: nothing is tuned on it;
+    ``val_quadrant`` moves one quadrant to val).
     """
+    if val_quadrant is not None and val_quadrant == test_quadrant:
+        raise ChipStoreError("val_quadrant must differ from test_quadrant")
     ids = sen1floods11_ids(root)
     bands = {"s2": tuple(S2_L1C_TO_CANONICAL.values()), "s1": ("vv", "vh")}
     classes = [{"name": n, "color": c} for n, c in SEN1FLOODS11_CLASSES]
     writer = ChipWriter(
         out, modalities=bands, classes=classes, chip_px=chip_px, overwrite=overwrite,
         attrs={"source": {"kind": "sen1floods11", "root": str(Path(root).resolve()), "ids": ids,
-                          "test_quadrant": test_quadrant}, "block_px": None, "guard_px": guard_px},
+                          "test_quadrant": test_quadrant, "val_quadrant": val_quadrant},
+               "collections": {"s2": "sentinel-2-l1c", "s1": "sentinel-1-grd"},
+               "block_px": None, "guard_px": guard_px},
     )
     for cid in ids:
         chip = load_sen1floods11(root, cid)
@@ -403,6 +409,8 @@ def sen1floods11_chip_store(
         block_px = min(h, w) // 2
         splits = np.zeros((2, 2), np.uint8)
         splits.flat[test_quadrant] = 2
+        if val_quadrant is not None:
+            splits.flat[val_quadrant] = 1
         windows = chip_windows(h, w, chip_px=chip_px, block_px=block_px, guard_px=guard_px, block_splits=splits)
         samples = []
         for win in windows:
