@@ -1,0 +1,324 @@
+"""Execute a tile plan: read (CPU tasks) -> infer on actors (model loaded once) -> write + commit.
+
+Two executors share every per-tile function, so they produce bitwise-identical stores:
+
+* :func:`execute_ray` (the default): a Ray Data pipeline. Reads are stateless ``map`` tasks; inference is
+  ``map_batches`` with a callable class on an ``ActorPoolStrategy`` (the model is loaded in
+  ``__init__``); ``num_gpus=1`` per actor only when the cluster has GPUs, CPU actors otherwise (so it
+  never waits for GPUs that do not exist). Ray Data streams, so reads overlap inference and the number
+  of blocks in flight is bounded by its backpressure. The actor writes its tiles' chunks and commits
+  them (one writer per chunk; no result arrays travel back to the driver, only small records).
+* :func:`execute_sequential`: the same functions in-process, for tiny jobs and tests.
+
+Tiles are ordered by modality signature so that a batch holds tiles with the same inputs; each tile's
+windows are forwarded as one fixed set of batches (see :func:`sgma_batch.blend.blend_windows`), so a
+tile's result never depends on which tiles share its batch or actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sgma_batch.grid import TileTask
+from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile, write_tile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferenceConfig", "TileRunner", "read_tile", "execute_sequential", "execute_ray", "TileInputs"]
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Everything a worker needs besides the tile: small, picklable."""
+
+    checkpoint: str
+    store: str
+    layout: StoreLayout
+    aoi_wkt: str  # the AOI polygon in the grid CRS (pixels outside are nodata)
+    window_px: int = 256
+    overlap_px: int = 64
+    max_batch: int = 16
+    threads: int = 1  # torch intra-op threads per worker
+    read_retries: int = 3
+    read_backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class TileInputs:
+    """A tile after reading: normalised inputs and masks per present modality, and what went wrong."""
+
+    task: TileTask
+    inputs: Mapping[str, np.ndarray] = field(default_factory=dict)  # {m: (C, H, W) float32 normalised}
+    masks: Mapping[str, np.ndarray] = field(default_factory=dict)  # {m: (H, W) bool}
+    scenes_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)  # "modality/scene" -> message
+    read_s: float = 0.0
+
+
+def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
+    """Read every modality of the model for a tile's halo, harmonised and normalised with the card."""
+    from sgma_batch.read import read_modality_report
+    from sgma_batch.sensors import get_profile
+
+    t0 = time.perf_counter()
+    inputs: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    used: dict[str, tuple[str, ...]] = {}
+    errors: dict[str, str] = {}
+    for m in card.modality_names:
+        scenes = tuple(task.scenes.get(m, ()))
+        if not scenes:
+            continue
+        try:
+            res = read_modality_report(scenes, task.halo, get_profile(scenes[0].sensor),
+                                       retries=cfg.read_retries, backoff_s=cfg.read_backoff_s)
+        except Exception as exc:  # noqa: BLE001 - degrade: this modality is absent, recorded below
+            errors[m] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("tile %s: modality %s absent: %s", task.tile_id, m, errors[m])
+            continue
+        errors.update({f"{m}/{sid}": msg for sid, msg in res.errors.items()})
+        if not res.valid.any():
+            continue
+        x = card.normalise(m, res.data)  # (C, H, W)
+        x[:, ~res.valid] = 0.0
+        inputs[m], masks[m], used[m] = x, res.valid, res.scenes_used
+    return TileInputs(task, inputs, masks, used, errors, time.perf_counter() - t0)
+
+
+class TileRunner:
+    """Loads the model once; turns :class:`TileInputs` into committed store chunks."""
+
+    def __init__(self, cfg: InferenceConfig, device: str | None = None) -> None:
+        import torch
+        from rasterio.features import geometry_mask
+        from shapely import wkt
+
+        from sgma_model import load_checkpoint
+
+        self.cfg = cfg
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.card = load_checkpoint(cfg.checkpoint, map_location="cpu")
+        self.model.eval().to(self.device)
+        self._aoi = wkt.loads(cfg.aoi_wkt)
+        self._geometry_mask = geometry_mask
+
+    def _predict(self, xb: Mapping[str, Any], mb: Mapping[str, Any]):
+        import torch
+
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        with torch.inference_mode(), amp:
+            out = self.model(dict(xb), masks=dict(mb))
+        probs = torch.softmax(out.logits.float(), dim=1)  # (B, K, h, w)
+        return probs, out.robustness.float(), out.valid  # (B, M, h, w), (B, h, w)
+
+    def infer(self, tile: TileInputs) -> TileArrays:
+        """Blend the tile's windows and build the core's output arrays (AOI and validity applied)."""
+        import torch
+
+        from sgma_batch.blend import blend_windows, to_uint8
+
+        task = tile.task
+        h, w = task.core.shape.yx
+        mods = self.cfg.layout.modalities
+        k = len(self.cfg.layout.classes)
+        in_aoi = self._geometry_mask([self._aoi], out_shape=(h, w), transform=task.core.transform, invert=True)
+        mask_bits = np.zeros((h, w), np.uint8)
+        if not tile.inputs:
+            return _nodata_arrays(h, w, len(mods), k, self.cfg.layout.write_probability)
+        pad_y = (task.halo.shape.y - h) // 2
+        pad_x = (task.halo.shape.x - w) // 2
+        crop = (slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
+        xs = {m: torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for m, x in tile.inputs.items()}
+        ms = {m: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for m, v in tile.masks.items()}
+        res = blend_windows(self._predict, xs, ms, window_px=self.cfg.window_px, overlap_px=self.cfg.overlap_px,
+                            crop=crop, max_batch=self.cfg.max_batch)
+        for i, m in enumerate(mods):
+            if m in tile.masks:
+                mask_bits |= (tile.masks[m][crop].astype(np.uint8) << i)
+        valid = res.valid.cpu().numpy() & in_aoi & (mask_bits > 0)
+        prob = res.probability  # (K, h, w)
+        cls = prob.argmax(0).cpu().numpy().astype(np.uint8)
+        conf = to_uint8(prob.max(0).values)
+        rob = to_uint8(res.robustness)  # (M, h, w)
+        cls[~valid] = CLASS_NODATA
+        conf[~valid] = 0
+        mask_bits[~valid] = 0
+        rob[:, ~valid] = 0
+        p16 = None
+        if self.cfg.layout.write_probability:
+            p16 = prob.cpu().numpy().astype(np.float16)
+            p16[:, ~valid] = np.nan
+        return TileArrays(cls, conf, mask_bits, rob, p16)
+
+    def run(self, tile: TileInputs) -> dict[str, Any]:
+        """Infer, write the tile's chunk and commit its manifest record; returns the record."""
+        task = tile.task
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {
+            "tile_id": task.tile_id,
+            "index": list(task.index),
+            "region": [[task.region[0].start, task.region[0].stop], [task.region[1].start, task.region[1].stop]],
+            "content_hash": task.content_hash,
+            "scenes": task.scene_ids(),
+            "scenes_used": {m: list(v) for m, v in tile.scenes_used.items()},
+            "modalities": sorted(tile.inputs),
+            "error": dict(tile.errors) or None,
+        }
+        try:
+            arrays = self.infer(tile)
+            t1 = time.perf_counter()
+            write_tile(self.cfg.store, self.cfg.layout, task.region, arrays)
+            t2 = time.perf_counter()
+            if not tile.inputs or not (arrays.class_ != CLASS_NODATA).any():
+                status = "nodata"
+            elif tile.errors:
+                status = "degraded"
+            else:
+                status = "computed"
+            record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(t1 - t0, 4),
+                                "write_s": round(t2 - t1, 4)}
+        except Exception as exc:  # noqa: BLE001 - one tile's failure is recorded, the job goes on
+            log.exception("tile %s failed", task.tile_id)
+            status = "failed"
+            record["error"] = {**(record["error"] or {}), "tile": f"{type(exc).__name__}: {exc}"}
+        record["status"] = status
+        commit_tile(self.cfg.store, record)  # after the data: the commit point
+        return record
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _nodata_arrays(h: int, w: int, m: int, k: int, probability: bool) -> TileArrays:
+    return TileArrays(
+        np.full((h, w), CLASS_NODATA, np.uint8), np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8),
+        np.zeros((m, h, w), np.uint8), np.full((k, h, w), np.nan, np.float16) if probability else None,
+    )
+
+
+def order_by_signature(tasks: Iterable[TileTask]) -> list[TileTask]:
+    """Tiles grouped by which modalities they have, then in tile order."""
+    return sorted(tasks, key=lambda t: (t.signature, t.tile_id))
+
+
+def execute_sequential(
+    tasks: Sequence[TileTask], cfg: InferenceConfig, *, on_record: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run every tile in this process (tiny jobs, tests); same per-tile code as the Ray path."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        runner = TileRunner(cfg)
+        records = []
+        for task in order_by_signature(tasks):
+            rec = runner.run(read_tile(task, runner.card, cfg))
+            records.append(rec)
+            if on_record is not None:
+                on_record(rec)
+        return records
+    finally:
+        torch.set_num_threads(prev)
+
+
+# -- Ray -------------------------------------------------------------------------------------------------
+def _read_row(row: dict[str, Any], cfg: InferenceConfig) -> dict[str, Any]:
+    from ray import cloudpickle
+
+    from sgma_model import read_card
+
+    task = cloudpickle.loads(row["task"])
+    card = _card_cache(cfg.checkpoint, read_card)
+    return {"tile": cloudpickle.dumps(read_tile(task, card, cfg))}
+
+
+_CARDS: dict[str, Any] = {}
+
+
+def _card_cache(path: str, reader: Callable[[str], Any]) -> Any:
+    # A per-worker-process cache of the (small, immutable) model card: read once per process.
+    if path not in _CARDS:
+        _CARDS[path] = reader(path)
+    return _CARDS[path]
+
+
+class _RayPredictor:
+    """Ray Data callable class: the model is loaded once per actor in ``__init__``."""
+
+    def __init__(self, cfg: InferenceConfig) -> None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+        self.runner = TileRunner(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+
+        from ray import cloudpickle
+
+        tiles = [cloudpickle.loads(b) for b in batch["tile"]]
+        records = [self.runner.run(t) for t in sorted(tiles, key=lambda t: (t.task.signature, t.task.tile_id))]
+        return {"record": np.array([json.dumps(r, default=str) for r in records], dtype=object)}
+
+
+def execute_ray(
+    tasks: Sequence[TileTask],
+    cfg: InferenceConfig,
+    *,
+    max_actors: int | None = None,
+    batch_size: int = 2,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business)."""
+    import json
+
+    import ray
+    from ray import cloudpickle
+
+    if not tasks:
+        return []
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    if gpus:
+        actors, actor_cpus, actor_gpus = min(max_actors or gpus, gpus), 1, 1
+    else:
+        # Leave at least one CPU to the read tasks, or an actor pool can starve them (ray #44687).
+        actors, actor_cpus, actor_gpus = max(1, min(max_actors or cpus - 1, cpus - 1)), cfg.threads, 0
+    actors = min(actors, len(tasks))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    ordered = order_by_signature(tasks)
+    items = [{"task": cloudpickle.dumps(t)} for t in ordered]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg}, num_cpus=1)
+    ds = ds.map_batches(
+        _RayPredictor,
+        fn_constructor_kwargs={"cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        batch_size=batch_size,
+        num_cpus=actor_cpus,
+        num_gpus=actor_gpus,
+        batch_format="numpy",
+    )
+    records: list[dict[str, Any]] = []
+    for row in ds.iter_rows():
+        rec = json.loads(row["record"])
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+    return records
+
+
