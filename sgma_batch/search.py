@@ -349,6 +349,7 @@ def _api_search(
     query: Mapping[str, Any] | None,
     filter_: Mapping[str, Any] | None,
     max_items: int,
+    page_size: int = PAGE_SIZE,
 ) -> list[dict[str, Any]]:
     from pystac_client import ConformanceClasses
     from pystac_client.exceptions import APIError
@@ -357,7 +358,7 @@ def _api_search(
         "collections": [choice.collection],
         "intersects": aoi.geojson,
         "datetime": f"{_rfc3339(start)}/{_rfc3339(end)}",
-        "limit": PAGE_SIZE,
+        "limit": page_size,
         "max_items": max_items + 1,
     }
     if query and client.conforms_to(ConformanceClasses.QUERY):
@@ -405,6 +406,7 @@ def search_scenes(
     backoff_factor: float = 0.5,
     timeout: float = 60.0,
     allow_local_assets: bool | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> dict[str, list[Scene]]:
     """Find the scenes of each modality over an AOI and window.
 
@@ -422,6 +424,7 @@ def search_scenes(
         allow_empty: return empty lists instead of raising :class:`NothingFoundError`.
         retries, backoff_factor, timeout: HTTP behaviour of the API path.
         allow_local_assets: allow local-path asset hrefs from an API (default: only loopback APIs).
+        page_size: items per API page (``limit``); paging follows the server's next links.
 
     Returns:
         ``{modality: [Scene, ...]}`` for each modality with a collection, sorted by (datetime, id).
@@ -455,7 +458,7 @@ def search_scenes(
             items = [i for i in static.search(choice.collection, geom, t0, t1) if matcher(i)]
         else:
             api_aoi = aoi_obj or AOI(geometry=geom, area_km2=0.0, utm_epsg=0, bbox=tuple(geom.bounds))
-            items = _api_search(client, cat, choice, api_aoi, t0, t1, q, filter, max_items)
+            items = _api_search(client, cat, choice, api_aoi, t0, t1, q, filter, max_items, page_size)
         items = [i for i in items if matches_query(i, q)]
         if len(items) > max_items:
             raise TooManyItemsError(

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -180,19 +181,24 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def pgstac_server(collections: list[dict[str, Any]], items: list[dict[str, Any]], workdir: Path) -> Iterator[str]:
-    """PostgreSQL 15 + PostGIS in a temp data dir, pypgstac schema and data, stac-fastapi-pgstac; yields the URL."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def pgstac_server(collections: list[dict[str, Any]], items: list[dict[str, Any]]) -> Iterator[str]:
+    """PostgreSQL 15 + PostGIS in a fresh temp data dir (removed after), pypgstac schema and data,
+    stac-fastapi-pgstac on a free port; yields the URL."""
+    # pytest's tmp dirs are private to root (0700); the postgres user needs its own directory.
+    workdir = Path(tempfile.mkdtemp(prefix="sgma-pgstac-"))
     pgdata = workdir / "pgdata"
     sock = workdir / "sock"
     sock.mkdir(exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
-    subprocess.run(
+    init = subprocess.run(
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
-        check=True, capture_output=True,
+        capture_output=True, text=True,
     )
+    if init.returncode:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {init.stderr.strip()[-1000:]}")
     pg_port = free_port()
     log = workdir / "postgres.log"
     pg = subprocess.Popen(
@@ -232,6 +238,7 @@ def pgstac_server(collections: list[dict[str, Any]], items: list[dict[str, Any]]
         if api is not None:
             _stop(api)
         _stop(pg)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_pg(dsn: str, proc: subprocess.Popen, log: Path) -> None:
