@@ -344,11 +344,15 @@ def test_train_job_is_multi_gpu_and_resumes_under_a_stable_run_name() -> None:
     assert workers["minReplicas"] == workers["maxReplicas"] >= 2
     assert train["metadata"]["name"] == "sgma-train" and "generateName" not in train["metadata"]
     specs = next(d for d in docs if d["metadata"]["name"] == "sgma-job-specs")["data"]
+    from sgma_batch.train import TrainSpec
+
     argv = shlex.split(train["spec"]["entrypoint"])
-    spec_file = Path(argv[argv.index("--spec") + 1]).name
-    train_spec = yaml.safe_load(specs[spec_file])
-    assert train_spec["run_name"] and train_spec["storage_path"]
-    assert "{" not in train_spec["run_name"]  # no per-attempt templating: a retry finds the same run
+    spec_file = Path(argv[argv.index("--config") + 1]).name
+    spec = TrainSpec.model_validate(yaml.safe_load(specs[spec_file]))  # the train command's own schema
+    assert spec.gpu is True and spec.workers == workers["maxReplicas"]
+    assert str(spec.storage).startswith("/data/") and "{" not in spec.name  # fixed: a retry finds the same run
+    head = train["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert any(m["mountPath"] == "/data" for m in head["containers"][0]["volumeMounts"])
 
 
 def test_job_specs_are_mounted_where_the_entrypoints_read_them() -> None:
