@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -45,12 +45,12 @@ def search(
     aoi: str = typer.Option(..., "--aoi", help="AOI: GeoJSON file (CRS84) or min_lon,min_lat,max_lon,max_lat."),
     start: str = typer.Option(..., "--start", help="Window start, YYYY-MM-DD or RFC 3339."),
     end: str = typer.Option(..., "--end", help="Window end (inclusive), YYYY-MM-DD or RFC 3339."),
-    catalog: Optional[str] = typer.Option(None, "--catalog", help="STAC API URL or static catalog.json (default: demo archive)."),
-    collections: Optional[str] = typer.Option(None, "--collections", help="Per-modality collections, e.g. s2=sentinel-2-l2a,s1=sentinel-1-rtc."),
-    query: Optional[str] = typer.Option(None, "--query", help='STAC query JSON, e.g. \'{"s2": {"eo:cloud_cover": {"lt": 30}}}\'.'),
+    catalog: str | None = typer.Option(None, "--catalog", help="STAC API URL or static catalog.json (default: demo archive)."),
+    collections: str | None = typer.Option(None, "--collections", help="Per-modality collections, e.g. s2=sentinel-2-l2a,s1=sentinel-1-rtc."),
+    query: str | None = typer.Option(None, "--query", help='STAC query JSON, e.g. \'{"s2": {"eo:cloud_cover": {"lt": 30}}}\'.'),
     max_items: int = typer.Option(2000, "--max-items", min=1, help="Refuse searches matching more items per modality."),
     max_area_km2: float = typer.Option(10_000.0, "--max-area-km2", help="Refuse larger AOIs."),
-    signer: Optional[str] = typer.Option(None, "--signer", help="Href signer applied at read time, e.g. planetary-computer."),
+    signer: str | None = typer.Option(None, "--signer", help="Href signer applied at read time, e.g. planetary-computer."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ) -> None:
     """List matching scenes per modality; exits 4 when nothing is found."""

@@ -260,37 +260,53 @@ class StaticCatalog:
         except (OSError, json.JSONDecodeError) as exc:
             raise CatalogError(f"cannot read catalogue {self.path}: {exc}; give a STAC catalog.json") from None
         self._items: list[dict[str, Any]] | None = None
-        self._root = None
         if isinstance(data, list) or data.get("type") in ("FeatureCollection", "Feature"):
             feats = data if isinstance(data, list) else data.get("features", [data])
             self._items = [_absolute_hrefs(dict(f), str(self.path)) for f in feats]
             self._collections = sorted({str(f.get("collection")) for f in self._items if f.get("collection")})
         elif data.get("type") in ("Catalog", "Collection"):
-            import pystac
-
-            self._root = pystac.read_file(str(self.path))
-            cols = [c.id for c in self._root.get_all_collections()]
-            if isinstance(self._root, pystac.Collection):
-                cols.append(self._root.id)
-            self._collections = sorted(set(cols))
+            # Walk the raw JSON (child/item links) rather than pystac objects, so items are read exactly
+            # as written (no version migration), like a STAC server would serve them.
+            self._items = []
+            cols: set[str] = set()
+            self._walk(self.path.resolve(), data, None, cols, set())
+            self._collections = sorted(cols)
         else:
             raise CatalogError(f"{self.path} is not a STAC catalogue, collection or item collection")
+
+    def _walk(self, path: Path, data: dict[str, Any], collection: str | None, cols: set[str], seen: set[Path]) -> None:
+        if path in seen:
+            return
+        seen.add(path)
+        if data.get("type") == "Collection":
+            collection = str(data["id"])
+            cols.add(collection)
+        for link in data.get("links") or []:
+            rel, href = link.get("rel"), link.get("href")
+            if rel not in ("child", "item") or not href or _is_url(href):
+                continue
+            target = (path.parent / href).resolve()
+            try:
+                child = json.loads(target.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CatalogError(f"cannot read {target} linked from {path}: {exc}; repair the catalogue") from None
+            if rel == "item":
+                child = _absolute_hrefs(child, str(target))
+                if not child.get("collection") and collection:
+                    child["collection"] = collection
+                if child.get("collection"):
+                    cols.add(str(child["collection"]))
+                assert self._items is not None
+                self._items.append(child)
+            else:
+                self._walk(target, child, collection, cols, seen)
 
     @property
     def collections(self) -> list[str]:
         return list(self._collections)
 
     def items(self) -> Iterator[dict[str, Any]]:
-        if self._items is not None:
-            yield from self._items
-            return
-        for item in self._root.get_items(recursive=True):
-            d = item.to_dict(include_self_link=False, transform_hrefs=False)
-            for key, asset in item.assets.items():
-                d["assets"][key]["href"] = asset.get_absolute_href() or asset.href
-            if not d.get("collection") and item.collection_id:
-                d["collection"] = item.collection_id
-            yield d
+        yield from self._items or []
 
     def search(self, collection: str, aoi: BaseGeometry, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
         for item in self.items():

@@ -18,8 +18,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import requests
 
@@ -284,3 +285,10 @@ def minimal_collection(cid: str, items: list[dict[str, Any]]) -> dict[str, Any]:
             "temporal": {"interval": [[min(t[0] for t in times).isoformat(), max(t[1] for t in times).isoformat()]]},
         },
     }
+
+
+def catalog_items_file(catalog_path: Path, out: Path) -> Path:
+    """All items of a static catalog.json (absolute asset hrefs) as one item-collection file for rustac."""
+    from sgma_batch.search import StaticCatalog
+
+    return write_item_collection(StaticCatalog(catalog_path).items(), out)

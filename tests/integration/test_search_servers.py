@@ -8,14 +8,25 @@ import json
 from pathlib import Path
 
 import pytest
+from servers import (
+    STAC_DIR,
+    fault_proxy,
+    load_features,
+    minimal_collection,
+    pgstac_server,
+    real_item_files,
+    rustac_server,
+    write_item_collection,
+)
 
 from sgma_batch.aoi import load_aoi
 from sgma_batch.errors import CatalogUnreachableError, TooManyItemsError, UnsafeAssetError
 from sgma_batch.search import search_scenes
-from servers import fault_proxy, load_features, minimal_collection, pgstac_server, real_item_files, rustac_server, write_item_collection
 
 pytestmark = pytest.mark.integration
 
+STAC_ES10 = STAC_DIR / "earthsearch_sentinel-2-c1-l2a_10items.json"
+STAC_S1 = STAC_DIR / "pc_sentinel-1-rtc_4items.json"
 DENVER = (-105.2, 39.9, -105.0, 40.1)  # tile 13TDE
 LIBYA = (14.0, 30.0, 14.5, 30.5)  # PC sentinel-1-rtc items
 CASES = [
@@ -130,3 +141,34 @@ def test_pgstac_query_and_filter_match_static_and_rustac(pgstac_url, rustac_url,
     # the unfiltered pgstac search agrees with static too
     assert _ids(search_scenes(pgstac_url, aoi, "2024-04-01", "2024-04-30")) == _ids(
         search_scenes(all_items_file, aoi, "2024-04-01", "2024-04-30"))
+
+
+def test_static_catalog_json_and_rustac_agree(tmp_path):
+    """A self-contained catalog.json (collections -> items, relative asset hrefs), searched in-process and
+    served by rustac from the same items, gives the same scenes (incl. resolved local hrefs)."""
+    import pystac
+    from servers import catalog_items_file
+
+    cat = pystac.Catalog(id="local", description="real items, local hrefs")
+    for f, cid in ((STAC_ES10, "sentinel-2-c1-l2a"), (STAC_S1, "sentinel-1-rtc")):
+        items = load_features(f)
+        coll = pystac.Collection.from_dict(minimal_collection(cid, items))
+        for d in items:
+            d = json.loads(json.dumps(d))
+            d["links"] = []
+            for k, a in d["assets"].items():
+                a["href"] = f"./{k}.tif"
+            coll.add_item(pystac.Item.from_dict(d, migrate=False))
+        cat.add_child(coll)
+    cat.normalize_hrefs(str(tmp_path / "cat"))
+    cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    path = tmp_path / "cat" / "catalog.json"
+    served = catalog_items_file(path, tmp_path / "served.json")
+    with rustac_server([served], tmp_path / "rustac") as url:
+        for aoi_box, start, end in ((DENVER, "2024-04-05", "2024-04-20"), (LIBYA, "2024-04-01", "2024-04-30")):
+            static = search_scenes(path, load_aoi(aoi_box), start, end)
+            api = search_scenes(url, load_aoi(aoi_box), start, end)
+            assert _ids(static) == _ids(api) and any(static.values())
+            for mod, scenes in static.items():
+                assert [s.assets for s in scenes] == [s.assets for s in api[mod]]
+                assert all(Path(a.href).is_file() is False and Path(a.href).is_absolute() for s in scenes for a in s.assets.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shapely.geometry import box, mapping
@@ -71,7 +71,7 @@ def test_sar_by_time_to_the_chosen_optical_scene_and_dem_any():
     no_opt = plan_cell(cell, {"s1": [near, far]}, t - timedelta(days=10), t + timedelta(days=10))
     assert [s.id for s in no_opt.candidates["s1"]] == ["near", "far"]  # window centre is t
     dem = dataclasses.replace(covering[0], id="dem", modality="dem", sensor="dem-glo30",
-                              datetime=datetime(2021, 4, 22, tzinfo=timezone.utc))
+                              datetime=datetime(2021, 4, 22, tzinfo=UTC))
     with_dem = plan_cell(cell, {"s1": [near], "dem": [dem]}, t - timedelta(days=10), t + timedelta(days=10))
     assert with_dem.available == frozenset({"s1", "dem"})  # DEM ignores the window
     away = plan_cell(box(0, 0, 0.1, 0.1), {"s1": [near], "dem": [dem]}, t - timedelta(days=10), t + timedelta(days=10))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pystac
@@ -18,7 +18,13 @@ from sgma_batch.errors import (
     UnsupportedSceneError,
     UsageError,
 )
-from sgma_batch.search import matches_query, parse_collections, parse_window, search_scenes, select_collections
+from sgma_batch.search import (
+    matches_query,
+    parse_collections,
+    parse_window,
+    search_scenes,
+    select_collections,
+)
 from sgma_batch.stac_io import register_signer, resolve_href
 
 STAC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "stac"
@@ -60,7 +66,7 @@ def test_unknown_collections_list_the_available_ones():
 
 def test_time_window():
     s, e = parse_window("2024-04-01", "2024-04-30")
-    assert s == datetime(2024, 4, 1, tzinfo=timezone.utc) and e.date().day == 30 and e.hour == 23
+    assert s == datetime(2024, 4, 1, tzinfo=UTC) and e.date().day == 30 and e.hour == 23
     with pytest.raises(InvalidTimeWindowError) as err:
         parse_window("2024-05-01", "2024-04-01")
     assert err.value.exit_code == 22
