@@ -20,6 +20,7 @@ writing ``manifest/<tile_id>.json`` atomically *after* its data: a record's pres
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -200,6 +201,20 @@ def _check_compatible(path: Path, attrs: Mapping[str, Any], layout: StoreLayout)
         )
 
 
+def _quiet_zarr(fn: Any) -> Any:
+    """Silence zarr's notes on our manifest/ folder and on v3 consolidated metadata (both on purpose)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not", category=UserWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_zarr
 def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapping[str, Any]) -> bool:
     """Create the store template, or check that an existing store has the same layout.
 
@@ -359,6 +374,7 @@ def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
     return factors
 
 
+@_quiet_zarr
 def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path:
     """A PNG of the class map (from the finest overview no larger than ``max_px``) with a legend."""
     import zarr
@@ -440,6 +456,7 @@ def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footpr
     }
 
 
+@_quiet_zarr
 def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None) -> dict[str, Any]:
     """Overviews, consolidated metadata, quicklook PNG and a STAC Item (``item.json``) of the product.
 

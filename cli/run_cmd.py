@@ -1,0 +1,143 @@
+"""``sgma-batch run`` (map an AOI into a Zarr mosaic), ``status STORE`` and ``quicklook STORE --png FILE``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sgma-batch"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        aoi: str = typer.Option(..., "--aoi", help="AOI GeoJSON file, or min_lon,min_lat,max_lon,max_lat."),
+        start: Optional[str] = typer.Option(None, "--start", help="Window start YYYY-MM-DD (default: demo archive's)."),
+        end: Optional[str] = typer.Option(None, "--end", help="Window end YYYY-MM-DD (default: demo archive's)."),
+        catalog: Optional[str] = typer.Option(None, "--catalog", help="STAC API URL or static catalog path (default: demo archive)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Checkpoint directory (default: shipped demo model)."),
+        out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
+        tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
+        halo_px: int = typer.Option(64, "--halo-px", help="Context read around each tile core."),
+        res: float = typer.Option(10.0, "--res", help="Pixel size in CRS units (metres)."),
+        crs: Optional[str] = typer.Option(None, "--crs", help="Output CRS, e.g. EPSG:3035 (default: UTM of the AOI)."),
+        zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for GDAL < 3.11 readers."),
+        probability: bool = typer.Option(False, "--probability", help="Also store per-class probabilities (float16)."),
+        sequential: bool = typer.Option(False, "--sequential", help="Run in this process without Ray (tiny jobs)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ) -> None:
+        """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
+        from pydantic import ValidationError
+
+        from sgma_batch.errors import UsageError
+        from sgma_batch.run import RunSpec, run_mosaic
+
+        if zarr_format not in (2, 3):
+            raise UsageError(f"--zarr-format must be 2 or 3, got {zarr_format}")
+        try:
+            spec = RunSpec(
+                aoi=aoi, start=start, end=end, catalog=catalog, model=model, out=out, address=address,
+                tile_px=tile_px, halo_px=halo_px, res_m=res, crs=crs, zarr_format=zarr_format,
+                write_probability=probability, executor="sequential" if sequential else "ray",
+                cache_dir=str(_cache_dir()),
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        with _Progress(enabled=sys.stderr.isatty(), px_km2=res * res / 1e6) as bar:
+            summary = run_mosaic(spec, progress=bar.update)
+        if as_json:
+            typer.echo(json.dumps(summary.to_dict()))
+        else:
+            typer.echo(
+                f"{summary.store}: {summary.tiles} tiles, {summary.reused} reused, {summary.computed} computed, "
+                f"{summary.nodata} nodata, {summary.degraded} degraded, {summary.failed} failed "
+                f"({summary.area_km2:.1f} km2 in {summary.seconds:.1f} s)",
+                err=True,
+            )
+        raise typer.Exit(summary.exit_code)
+
+    @app.command("status")
+    def status_cmd(
+        store: str = typer.Argument(..., help="A Zarr store written by `sgma-batch run`."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    ) -> None:
+        """Summarise a store's manifest: tiles per status."""
+        from sgma_batch.errors import StoreCorruptError
+        from sgma_batch.store import manifest_summary
+
+        if not (Path(store) / "manifest").is_dir():
+            raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")
+        counts = manifest_summary(store)
+        if as_json:
+            typer.echo(json.dumps({"store": store, "tiles": sum(counts.values()), **counts}))
+        else:
+            typer.echo(f"{store}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        raise typer.Exit(3 if counts.get("failed") or counts.get("degraded") else 0)
+
+    @app.command("quicklook")
+    def quicklook_cmd(
+        store: str = typer.Argument(..., help="A Zarr store written by `sgma-batch run`."),
+        png: str = typer.Option(..., "--png", help="PNG file to write."),
+    ) -> None:
+        """Render the class map with a legend to a PNG."""
+        from sgma_batch.store import render_quicklook
+
+        render_quicklook(store, png)
+        typer.echo(png, err=True)
+
+
+class _Progress:
+    """Rich progress on stderr (tiles, km2, km2/h, ETA); silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, px_km2: float) -> None:
+        self.enabled = enabled
+        self.px_km2 = px_km2
+        self._km2 = 0.0
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
+            self._bar.__enter__()
+        return self
+
+    def update(self, completed: int, total: int, record: dict | None) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task("run", total=total, completed=completed, rate="")
+            self._start = completed
+            import time
+
+            self._t0 = time.perf_counter()
+            return
+        import time
+
+        elapsed = max(time.perf_counter() - self._t0, 1e-6)
+        rate = ""
+        if record is not None and record.get("region"):
+            (y0, y1), (x0, x1) = record["region"]
+            self._km2 += (y1 - y0) * (x1 - x0) * self.px_km2
+            rate = f"{self._km2:,.1f} km2, {self._km2 / elapsed * 3600:,.0f} km2/h"
+        self._bar.update(self._task, completed=completed, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)

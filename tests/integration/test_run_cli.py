@@ -1,0 +1,64 @@
+"""`sgma-batch run / status / quicklook` as a user calls them: a real process, JSON on stdout, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_archive  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[2], timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from sgma_model import ModelCard, create_model, save_checkpoint
+    from sgma_model.testing import CLASSES, card_modalities
+
+    torch.manual_seed(1)
+    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
+    return path
+
+
+def test_cli_run_json_status_quicklook_and_refusal(tmp_path, checkpoint):
+    catalog = run_archive.build_archive(tmp_path / "archive")
+    out = tmp_path / "m.zarr"
+    bbox = ",".join(f"{v:.6f}" for v in run_archive.aoi_lonlat())
+    common = ["--aoi", bbox, "--start", "2024-06-01", "--end", "2024-06-30", "--catalog", str(catalog),
+              "--model", str(checkpoint), "--tile-px", "128", "--halo-px", "16"]
+    r = _cli("run", *common, "--out", str(out), "--sequential", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["tiles"] == 6 and summary["computed"] == 6 and summary["exit_code"] == 0
+
+    r = _cli("status", str(out), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["computed"] == 6
+
+    png = tmp_path / "q.png"
+    r = _cli("quicklook", str(out), "--png", str(png))
+    assert r.returncode == 0 and png.stat().st_size > 100
+
+    r = _cli("run", *common, "--out", str(out), "--res", "20", "--sequential")
+    assert r.returncode == 40 and "different layout" in r.stderr
+
+    r = _cli("run", "--aoi", bbox, "--start", "2035-01-01", "--end", "2035-01-31", "--catalog", str(catalog),
+             "--model", str(checkpoint), "--out", str(tmp_path / "n.zarr"), "--sequential")
+    assert r.returncode == 4 and "no scenes" in r.stderr, r.stderr  # nothing found: a distinct exit code
+    assert not (tmp_path / "n.zarr").exists()
+    assert "Warning" not in r.stderr
