@@ -114,11 +114,18 @@ class ReprocessSpec(_Strict):
     catalog: str | None = None
     model: str | None = None
     address: str | None = None
+    cache_dir: str | None = None
+    executor: Literal["ray", "sequential"] | None = None
     tile_px: int | None = Field(default=None, gt=0)
     halo_px: int | None = Field(default=None, ge=0)
-    res: float | None = Field(default=None, gt=0)
+    res_m: float | None = Field(default=None, gt=0)
     crs: str | None = None
     zarr_format: Literal[2, 3] | None = None
+    window_px: int | None = Field(default=None, gt=0)
+    overlap_px: int | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    max_actors: int | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, gt=0)
     aois: list[AOISpec] = Field(min_length=1)
     periods: list[WindowSpec | WindowSeriesSpec] = Field(min_length=1)
     stores: list[StoreSpec] = Field(min_length=1)
@@ -264,17 +271,11 @@ def _resolve(value: str, base: Path) -> str:
 def expand_spec(spec: ReprocessSpec, base_dir: Path) -> list[ReprocessEntry]:
     """Every (store, AOI, period) combination, with relative paths resolved against ``base_dir``."""
     periods = expand_periods(spec.periods)
-    common = {
-        k: v
-        for k, v in (
-            ("address", spec.address),
-            ("tile_px", spec.tile_px),
-            ("halo_px", spec.halo_px),
-            ("res", spec.res),
-            ("crs", spec.crs),
-        )
-        if v is not None
-    }
+    passthrough = ("address", "executor", "tile_px", "halo_px", "res_m", "crs", "window_px", "overlap_px",
+                   "batch_size", "max_actors", "threads")
+    common: dict[str, Any] = {k: getattr(spec, k) for k in passthrough if getattr(spec, k) is not None}
+    if spec.cache_dir is not None:
+        common["cache_dir"] = _resolve(spec.cache_dir, base_dir)
     catalog = None if spec.catalog is None else _resolve(spec.catalog, base_dir)
     entries: list[ReprocessEntry] = []
     for store in spec.stores:
@@ -472,9 +473,9 @@ def build_run_spec(entry: ReprocessEntry) -> Any:
     from sgma_batch.run import RunSpec
 
     kwargs: dict[str, Any] = {
-        "aoi": entry.aoi,
-        "start": entry.period.start,
-        "end": entry.period.end,
+        "aoi": entry.aoi if isinstance(entry.aoi, str) else list(entry.aoi),
+        "start": entry.period.start.isoformat(),
+        "end": entry.period.end.isoformat(),
         "out": entry.store,
         **dict(entry.options),
     }
