@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Self
 
 import typer
 
@@ -20,16 +20,16 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         aoi: str = typer.Option(..., "--aoi", help="AOI GeoJSON file, or min_lon,min_lat,max_lon,max_lat."),
-        start: Optional[str] = typer.Option(None, "--start", help="Window start YYYY-MM-DD (default: demo archive's)."),
-        end: Optional[str] = typer.Option(None, "--end", help="Window end YYYY-MM-DD (default: demo archive's)."),
-        catalog: Optional[str] = typer.Option(None, "--catalog", help="STAC API URL or static catalog path (default: demo archive)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Checkpoint directory (default: shipped demo model)."),
+        start: str | None = typer.Option(None, "--start", help="Window start YYYY-MM-DD (default: demo archive's)."),
+        end: str | None = typer.Option(None, "--end", help="Window end YYYY-MM-DD (default: demo archive's)."),
+        catalog: str | None = typer.Option(None, "--catalog", help="STAC API URL or static catalog path (default: demo archive)."),
+        model: str | None = typer.Option(None, "--model", help="Checkpoint directory (default: shipped demo model)."),
         out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
+        address: str | None = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
         tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
         halo_px: int = typer.Option(64, "--halo-px", help="Context read around each tile core."),
         res: float = typer.Option(10.0, "--res", help="Pixel size in CRS units (metres)."),
-        crs: Optional[str] = typer.Option(None, "--crs", help="Output CRS, e.g. EPSG:3035 (default: UTM of the AOI)."),
+        crs: str | None = typer.Option(None, "--crs", help="Output CRS, e.g. EPSG:3035 (default: UTM of the AOI)."),
         zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for GDAL < 3.11 readers."),
         probability: bool = typer.Option(False, "--probability", help="Also store per-class probabilities (float16)."),
         sequential: bool = typer.Option(False, "--sequential", help="Run in this process without Ray (tiny jobs)."),
@@ -106,7 +106,7 @@ class _Progress:
         self._bar = None
         self._task = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> Self:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

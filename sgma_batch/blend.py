@@ -7,13 +7,13 @@ predictor and check that blending reproduces it with no seam.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["BlendResult", "Predict", "window_starts", "hann_weight", "blend_windows"]
+__all__ = ["BlendResult", "Predict", "blend_windows", "hann_weight", "window_starts"]
 
 # predict(inputs {m: (B, C, h, w)}, masks {m: (B, h, w) bool}) -> (probs (B, K, h, w), robustness
 # (B, M, h, w), valid (B, h, w) bool)

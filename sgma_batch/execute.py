@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceConfig", "TileRunner", "read_tile", "execute_sequential", "execute_ray", "TileInputs"]
+__all__ = ["InferenceConfig", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "read_tile"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class TileRunner:
                 status = "computed"
             record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(t1 - t0, 4),
                                 "write_s": round(t2 - t1, 4)}
-        except Exception as exc:  # noqa: BLE001 - one tile's failure is recorded, the job goes on
+        except Exception as exc:
             log.exception("tile %s failed", task.tile_id)
             status = "failed"
             record["error"] = {**(record["error"] or {}), "tile": f"{type(exc).__name__}: {exc}"}

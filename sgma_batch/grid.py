@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from odc.geo import geom
 from odc.geo.geobox import GeoBox, GeoboxTiles
@@ -23,11 +24,11 @@ from sgma_batch.scenes import Scene
 
 __all__ = [
     "TileTask",
+    "config_hash",
+    "content_hash",
+    "plan_tiles",
     "target_geobox",
     "tile_grid",
-    "plan_tiles",
-    "content_hash",
-    "config_hash",
     "utm_epsg_for",
 ]
 

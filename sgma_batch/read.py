@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -31,7 +32,7 @@ from sgma_batch.scenes import AssetRef, Scene
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_modality", "read_modality_report", "ModalityRead", "gdal_env_options"]
+__all__ = ["ModalityRead", "gdal_env_options", "read_modality", "read_modality_report"]
 
 # GDAL settings for cloud-optimised GeoTIFFs over HTTP/S3: no directory listings, a block cache,
 # merged range requests, GDAL-level retries for 429/5xx underneath our own backoff.

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +23,7 @@ from sgma_batch.errors import ModalityMismatchError, NothingFoundError, UsageErr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunSpec", "RunSummary", "run_mosaic", "Progress"]
+__all__ = ["Progress", "RunSpec", "RunSummary", "run_mosaic"]
 
 # progress(completed_tiles, total_tiles, record or None): called once before the first tile and per tile.
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
@@ -111,7 +113,13 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch.execute import InferenceConfig, execute_ray, execute_sequential
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox
     from sgma_batch.search import search_scenes
-    from sgma_batch.store import StoreLayout, finish_store, open_or_create_store, read_manifest, tile_records_done
+    from sgma_batch.store import (
+        StoreLayout,
+        finish_store,
+        open_or_create_store,
+        read_manifest,
+        tile_records_done,
+    )
     from sgma_model import read_card
 
     t0 = time.perf_counter()
@@ -156,14 +164,14 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         geobox=geobox, tile_px=spec.tile_px, classes=tuple((c.name, c.color) for c in card.classes),
         modalities=modalities, write_probability=spec.write_probability, zarr_format=spec.zarr_format,
     )
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sgma_batch import __version__
 
     provenance = {
         "model": card.architecture, "model_path": model_path, "model_hash": card.model_hash,
         "config_hash": cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": str(catalog),
-        "window": [start, end], "created": datetime.now(timezone.utc).isoformat(), "software": __version__,
+        "window": [start, end], "created": datetime.now(UTC).isoformat(), "software": __version__,
     }
     created = open_or_create_store(spec.out, layout, provenance)
     done = tile_records_done(read_manifest(spec.out), tasks)

@@ -27,10 +27,11 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -44,13 +45,13 @@ __all__ = [
     "CLASS_NODATA",
     "StoreLayout",
     "TileArrays",
-    "open_or_create_store",
-    "write_tile",
     "commit_tile",
-    "read_manifest",
     "finish_store",
-    "render_quicklook",
     "manifest_summary",
+    "open_or_create_store",
+    "read_manifest",
+    "render_quicklook",
+    "write_tile",
 ]
 
 CLASS_NODATA = 255
@@ -420,7 +421,7 @@ def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footpr
     geometry = ll.json if hasattr(ll, "json") else ll
     bbox = list(ll.boundingbox) if hasattr(ll, "boundingbox") else None
     window = attrs.get("sgma:window") or [None, None]
-    created = attrs.get("sgma:created", datetime.now(timezone.utc).isoformat())
+    created = attrs.get("sgma:created", datetime.now(UTC).isoformat())
     return {
         "type": "Feature",
         "stac_version": "1.1.0",

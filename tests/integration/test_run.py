@@ -14,11 +14,11 @@ import xarray as xr
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_archive  # noqa: E402
+import run_archive
 
-from sgma_batch.errors import StoreIncompatibleError  # noqa: E402
-from sgma_batch.run import RunSpec, run_mosaic  # noqa: E402
-from sgma_batch.store import read_manifest  # noqa: E402
+from sgma_batch.errors import StoreIncompatibleError
+from sgma_batch.run import RunSpec, run_mosaic
+from sgma_batch.store import read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,9 @@ def archive(tmp_path_factory) -> Path:
 
 
 def _spec(catalog, checkpoint, out, **kw) -> RunSpec:
-    base = dict(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
-                catalog=str(catalog), model=str(checkpoint), tile_px=128, halo_px=16, window_px=64,
-                overlap_px=16, batch_size=2)
+    base = {"aoi": run_archive.aoi_lonlat(), "out": str(out), "start": "2024-06-01", "end": "2024-06-30",
+                "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
+                "overlap_px": 16, "batch_size": 2}
     return RunSpec(**{**base, **kw})
 
 
@@ -125,3 +125,24 @@ def test_sequential_and_ray_stores_are_bitwise_identical(ray_local, archive, che
     with rasterio.open(f'ZARR:"{tmp_path / "ray.zarr"}":/class') as src:
         assert src.crs.to_epsg() == 32633
         np.testing.assert_array_equal(src.read(1), b["class"])
+
+
+def test_persistent_read_failure_degrades_and_is_retried(archive, checkpoint, tmp_path):
+    items = json.loads(archive.read_text())
+    broken = tmp_path / "broken"
+    shutil.copytree(archive.parent, broken)
+    for f in items["features"]:
+        if f["id"] == "s1-b":  # the best-ranked S1 scene (nearest the window centre)
+            f["assets"]["vv"]["href"] = "missing_vv.tif"
+    catalog = run_archive.write_items(broken, items["features"])
+    out = tmp_path / "deg.zarr"
+    s = run_mosaic(_spec(catalog, checkpoint, out, executor="sequential"))
+    assert s.exit_code == 3 and s.degraded == s.tiles and s.failed == 0
+    rec = next(iter(read_manifest(out).values()))
+    assert rec["status"] == "degraded" and "s1/s1-b" in rec["error"] and rec["scenes_used"]["s1"] == ["s1-a"]
+    ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
+    assert (ds["class"].values != 255).mean() > 0.8  # still mapped from s1-b and the DEM
+    # the asset comes back: a rerun retries exactly the degraded tiles and all become computed
+    (broken / "missing_vv.tif").symlink_to(broken / "s1-b_vv.tif")
+    s2 = run_mosaic(_spec(catalog, checkpoint, out, executor="sequential"))
+    assert s2.exit_code == 0 and s2.computed == s2.tiles and s2.reused == 0

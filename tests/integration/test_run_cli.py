@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_archive  # noqa: E402
+import run_archive
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env, check=False,
                           cwd=Path(__file__).resolve().parents[2], timeout=600)
 
 

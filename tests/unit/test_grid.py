@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from odc.geo.geom import Geometry
@@ -19,7 +19,7 @@ AOI = box(15.20, 45.10, 15.26, 45.14)
 def _scene(sid: str, updated: str = "2024-01-01T00:00:00Z") -> Scene:
     return Scene(
         id=sid, collection="c", modality="s2", sensor="s2-l2a",
-        datetime=datetime(2024, 1, 1, tzinfo=timezone.utc), geometry={}, bbox=(0, 0, 1, 1),
+        datetime=datetime(2024, 1, 1, tzinfo=UTC), geometry={}, bbox=(0, 0, 1, 1),
         assets={}, updated=updated,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ X0, Y0, RES = 500000.0, 4010000.0, 10.0
 
 def write_cog(path: Path, data: np.ndarray, *, epsg=32633, x0=X0, y0=Y0, res=RES, nodata=None) -> Path:
     h, w = data.shape
-    profile = dict(driver="COG", width=w, height=h, count=1, dtype=data.dtype, crs=f"EPSG:{epsg}",
-                   transform=from_origin(x0, y0, res, res), nodata=nodata, blocksize=128, compress="deflate")
+    profile = {"driver": "COG", "width": w, "height": h, "count": 1, "dtype": data.dtype, "crs": f"EPSG:{epsg}",
+                   "transform": from_origin(x0, y0, res, res), "nodata": nodata, "blocksize": 128, "compress": "deflate"}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     return path
@@ -32,7 +32,7 @@ def write_cog(path: Path, data: np.ndarray, *, epsg=32633, x0=X0, y0=Y0, res=RES
 def scene(sid, modality, sensor, assets, *, cloud=None, day=1, extra=None):
     return Scene(
         id=sid, collection="c", modality=modality, sensor=sensor,
-        datetime=datetime(2024, 5, day, tzinfo=timezone.utc), geometry={}, bbox=(0, 0, 1, 1),
+        datetime=datetime(2024, 5, day, tzinfo=UTC), geometry={}, bbox=(0, 0, 1, 1),
         assets=assets, cloud_cover=cloud, extra=extra or {},
     )
 
@@ -72,7 +72,7 @@ def test_warped_read_matches_rasterio_reproject(dem):
     # Target grid in the neighbouring UTM zone at 20 m.
     with rasterio.open(path) as src:
         from rasterio.warp import transform_bounds
-        l, b, r, t = transform_bounds(src.crs, "EPSG:32634", *src.bounds)
+        l, b, _r, _t = transform_bounds(src.crs, "EPSG:32634", *src.bounds)
     gbox = GeoBox.from_bbox((l + 200, b + 200, l + 1200, b + 1000), "EPSG:32634", resolution=20)
     out, valid = read_modality([dem_scene("d", path)], gbox, get_profile("dem-glo30"))
     expected = np.full(gbox.shape.yx, np.nan, np.float32)
@@ -121,7 +121,7 @@ def test_optical_clouds_filled_from_next_scene(tmp_path):
     assert data.shape == (10, 64, 64) and valid.all()
     np.testing.assert_allclose(data[:, :32], 0.3, rtol=1e-6)  # cloudy half from b
     np.testing.assert_allclose(data[:, 32:], 0.1, rtol=1e-6)
-    only_a, valid_a = read_modality([sa], gbox, get_profile("s2-l2a"))
+    _only_a, valid_a = read_modality([sa], gbox, get_profile("s2-l2a"))
     assert not valid_a[:32].any() and valid_a[32:].all()
 
 

@@ -13,8 +13,15 @@ from odc.geo.geobox import GeoBox
 from sgma_batch.errors import StoreIncompatibleError
 from sgma_batch.grid import plan_tiles
 from sgma_batch.store import (
-    StoreLayout, TileArrays, commit_tile, finish_store, manifest_summary, open_or_create_store,
-    read_manifest, tile_records_done, write_tile,
+    StoreLayout,
+    TileArrays,
+    commit_tile,
+    finish_store,
+    manifest_summary,
+    open_or_create_store,
+    read_manifest,
+    tile_records_done,
+    write_tile,
 )
 
 CLASSES = (("water", "#1f78b4"), ("trees", "#33a02c"), ("crops", "#ffd92f"))
