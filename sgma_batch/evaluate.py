@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -362,3 +363,41 @@ def evaluate_model(
     names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(k))
     log.info("evaluated %d cases over %d labelled pixels", len(cases), n_pixels)
     return EvaluationReport(modalities, names, n_pixels, results)
+
+
+def evaluate_checkpoint(
+    model_path: str | Path,
+    chips_path: str | Path,
+    *,
+    split: str = "test",
+    protocols: Sequence[str] = PROTOCOLS,
+    conventions: Sequence[str] = CONVENTIONS,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+) -> EvaluationReport:
+    """Evaluate a checkpoint on a chip store split, normalising with the checkpoint card's statistics."""
+    from sgma_batch.chips import ChipStore, card_stats, iter_batches, normalise
+    from sgma_batch.errors import ChipStoreError
+    from sgma_model import load_checkpoint
+
+    model, card = load_checkpoint(model_path, map_location=device)
+    store = ChipStore(chips_path)
+    mods = [m for m in model.modalities if m in store.modalities]
+    if not mods:
+        raise ChipStoreError(
+            f"the chips hold {sorted(store.modalities)}, the model needs {list(model.modalities)}; "
+            "export chips for this model's modalities"
+        )
+    data = store.load(split)
+    if len(data["label"]) == 0:
+        raise ChipStoreError(f"the chip store has no {split!r} chips; choose another --split")
+    stats = card_stats(card, {m: store.modalities[m] for m in mods})
+    norm = normalise(data, stats, mods)
+    report = evaluate_model(
+        model, iter_batches(data, norm, mods, batch_size), protocols=protocols, conventions=conventions,
+        class_names=[c.name for c in card.classes], seed=seed, device=device,
+    )
+    report.meta = {"model": str(model_path), "model_hash": card.model_hash, "chips": str(chips_path),
+                   "split": split, "seed": seed}
+    return report

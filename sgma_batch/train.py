@@ -55,6 +55,7 @@ class TrainSpec(BaseModel):
     storage: Path = Field(Path("runs"), description="Ray Train storage path (checkpoints, results)")
     out: Path | None = Field(None, description="final checkpoint directory (default <storage>/<name>/model)")
     model: str = "sgma_tiny"
+    modalities: list[str] | None = Field(None, description="train on these modalities of the chips only")
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -137,7 +138,7 @@ def load_split(chips_path: str | Path, split: str, stats: Mapping[str, Any] | No
 
     store = ChipStore(chips_path)
     raw = store.load(split)
-    mods = list(store.modalities)
+    mods = [m for m in store.modalities if stats is None or m in stats]
     norm = normalise(raw, stats or store.stats, mods)
     return SplitData(norm, {m: raw[f"{m}_mask"] for m in mods}, raw["label"].astype(np.int64))
 
@@ -398,10 +399,11 @@ class TrainResult:
     model_hash: str
 
 
-def _card_modalities(store: Any) -> list[dict]:
+def _card_modalities(store: Any, mods: Sequence[str]) -> list[dict]:
     collections = {**DEFAULT_COLLECTIONS, **store.attrs.get("collections", {})}
     out = []
-    for m, bands in store.modalities.items():
+    for m in mods:
+        bands = store.modalities[m]
         st = store.stats[m]
         out.append({
             "name": m,
@@ -422,13 +424,18 @@ def train(spec: TrainSpec) -> TrainResult:
     from sgma_model import ModelCard, create_model, read_card, save_checkpoint
 
     store = ChipStore(spec.chips)
-    model_args = {"modalities": {m: len(b) for m, b in store.modalities.items()}, "num_classes": len(store.classes)}
+    mods = list(store.modalities) if spec.modalities is None else list(spec.modalities)
+    unknown = [m for m in mods if m not in store.modalities]
+    if unknown or not mods:
+        raise SpecError(f"modalities {unknown or mods} are not in the chip store (it has {list(store.modalities)})")
+    model_args = {"modalities": {m: len(store.modalities[m]) for m in mods}, "num_classes": len(store.classes)}
     if spec.teacher is not None:
         tcard = read_card(spec.teacher)
-        if tuple(tcard.modality_names) != tuple(store.modalities):
-            raise SpecError(f"teacher modalities {tcard.modality_names} differ from the chips' {tuple(store.modalities)}")
+        if tuple(tcard.modality_names) != tuple(mods):
+            raise SpecError(f"teacher modalities {tcard.modality_names} differ from the student's {tuple(mods)}")
     worker = WorkerConfig(
-        spec=spec.model_dump(mode="json"), model_name=spec.model, model_args=model_args, stats=store.stats
+        spec=spec.model_dump(mode="json"), model_name=spec.model, model_args=model_args,
+        stats={m: store.stats[m] for m in mods},
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -459,7 +466,7 @@ def train(spec: TrainSpec) -> TrainResult:
                     "average": last.get("val_average"), "last1": last.get("val_last1")},
         "history": [{k: v for k, v in h.items() if k != "val_miou"} for h in history],
     }
-    card = ModelCard.for_model(model, _card_modalities(store), store.classes, training)
+    card = ModelCard.for_model(model, _card_modalities(store, mods), store.classes, training)
     saved = save_checkpoint(model, spec.out_dir, card)
     log.info("final checkpoint %s (%d epochs)", spec.out_dir, training["epochs"])
     return TrainResult(Path(spec.out_dir), training["epochs"], history, saved.model_hash)
