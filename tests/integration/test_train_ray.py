@@ -60,3 +60,18 @@ def test_train_two_workers_checkpoint_and_resume(tmp_path, ray_local):
     assert card2.training["epochs"] == 2 and card2.model_hash != card.model_hash
     assert np.isfinite(second.history[1]["loss"])
     json.dumps(card2.training)  # serialisable
+
+    # the evaluate command on the trained checkpoint: JSON with every subset, both conventions
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(second.checkpoint), "--data", str(store),
+                                   "--protocol", "emm,nm", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    convs = {(r["protocol"], r["convention"]) for r in report["results"]}
+    assert convs == {("emm", "dropped"), ("emm", "zero-filled"), ("nm", "n/a")}
+    emm = next(r for r in report["results"] if r["convention"] == "dropped")
+    assert set(emm["miou"]) == {"s2+s1", "s2", "s1"}
+    assert emm["summary"]["last1"] == min(emm["miou"].values())
