@@ -1,0 +1,124 @@
+"""Model throughput: parameters, forward Mpx/s and peak memory per variant and modality subset.
+
+CPU: fp32 forward in eval mode, peak memory as the growth of the process's max RSS (coarse).
+CUDA (when available): bf16 autocast + channels_last, optionally torch.compile; peak memory from
+torch.cuda.max_memory_allocated. Prints a table and writes benchmarks/results/model_throughput.json.
+
+    python benchmarks/model_throughput.py --variants sgma_tiny sgma_small --size 128 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from sgma_model import create_model
+from sgma_model.inference import predict
+
+MODALITIES = {"s2": 10, "s1": 2, "dem": 1}
+RESULTS = Path(__file__).resolve().parent / "results" / "model_throughput.json"
+
+
+def _subsets(all_subsets: bool) -> list[tuple[str, ...]]:
+    if not all_subsets:
+        return [("s2", "s1", "dem"), ("s2",), ("s1",), ("s1", "dem")]
+    names = list(MODALITIES)
+    return [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+
+
+def bench(name: str, subset: tuple[str, ...], size: int, batch: int, iters: int, device: str, compile_: bool) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name, modalities=MODALITIES, num_classes=7).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    inputs = {m: torch.randn(batch, MODALITIES[m], size, size) for m in subset}
+    cuda = device == "cuda"
+    amp = torch.bfloat16 if cuda else None
+    if cuda:
+        model = model.to(device).to(memory_format=torch.channels_last)
+        inputs = {k: v.to(device).contiguous(memory_format=torch.channels_last) for k, v in inputs.items()}
+        if compile_:
+            model = torch.compile(model)
+    run = (lambda: predict(model, inputs, device=device, amp_dtype=amp, channels_last=cuda)) if not compile_ else (
+        lambda: _compiled(model, inputs, amp)
+    )
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / iters
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    )
+    return {
+        "model": name,
+        "subset": "+".join(subset),
+        "device": device,
+        "dtype": "bf16" if cuda else "fp32",
+        "compiled": compile_,
+        "params_m": round(n_params / 1e6, 3),
+        "batch": batch,
+        "size_px": size,
+        "ms_per_batch": round(dt * 1e3, 2),
+        "mpx_per_s": round(batch * size * size / dt / 1e6, 4),
+        "peak_mem_mb": round(peak_mb, 1),
+    }
+
+
+@torch.inference_mode()
+def _compiled(model, inputs, amp):
+    with torch.autocast("cuda", dtype=amp):
+        return model(inputs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=["sgma_tiny", "mean_fusion_tiny", "sgma_small"])
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--all-subsets", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA only)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.variants:
+        for subset in _subsets(args.all_subsets):
+            rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, False))
+            if args.compile and args.device == "cuda":
+                rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, True))
+    cols = ["model", "subset", "device", "dtype", "compiled", "params_m", "ms_per_batch", "mpx_per_s", "peak_mem_mb"]
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        "note": "CPU peak_mem_mb = growth of max RSS over the run (coarse); CUDA = max_memory_allocated",
+    }
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
