@@ -1,12 +1,16 @@
-"""Real STAC servers on 127.0.0.1 for tests: rustac, stac-fastapi-pgstac on PostgreSQL/PostGIS, and a
-fault-injecting proxy that answers 503 (or 429) a given number of times before forwarding.
+"""Real servers on 127.0.0.1 for tests: rustac, stac-fastapi-pgstac on PostgreSQL/PostGIS, a STAC proxy that
+answers 503 (or 429) a given number of times before forwarding, an HTTP asset server with Range support,
+and a seeded fault-injecting proxy (5xx, connection resets, stalls, truncated bodies) in front of it.
 
-Every server is a context manager that starts a real process (or thread) and tears it down.
+Every server is a context manager that starts a real process (or thread) and tears it down. The asset
+server and the chaos proxy are separate processes: ``python tests/servers.py assets|chaos ...``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import http.client
 import http.server
 import json
 import os
@@ -292,3 +296,302 @@ def catalog_items_file(catalog_path: Path, out: Path) -> Path:
     from sgma_batch.search import StaticCatalog
 
     return write_item_collection(StaticCatalog(catalog_path).items(), out)
+
+
+# -- remote assets: an HTTP server with Range requests and a fault-injecting proxy (processes) ---------
+HEALTH = "/__health__"
+STATS = "/__stats__"
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with HEAD and single ``Range: bytes=a-b`` requests (206 + Content-Range), keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _serve(self, head: bool) -> None:
+        if self.path.split("?")[0] == HEALTH:
+            self._reply(200, b"ok", head)
+            return
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self._reply(404, b"not found", head)
+            return
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        status = 200
+        rng = self.headers.get("Range", "")
+        if rng.startswith("bytes=") and "," not in rng:  # multi-range: ignore Range, send all (RFC 9110 allows)
+            a, _, b = rng[6:].strip().partition("-")
+            if a:
+                start, end = int(a), min(int(b), size - 1) if b else size - 1
+            else:  # suffix range
+                start = max(size - int(b), 0)
+            if start >= size or start > end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", "image/tiff" if path.suffix.lower() in (".tif", ".tiff") else "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if not head:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                self.wfile.write(fh.read(end - start + 1))
+
+    def _reply(self, status: int, body: bytes, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+
+class _ChaosHandler(http.server.BaseHTTPRequestHandler):
+    """Forwards GET/HEAD (with Range) upstream; a seeded share of requests gets a fault instead."""
+
+    protocol_version = "HTTP/1.1"
+    server: _ChaosServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _handle(self, head: bool) -> None:
+        srv = self.server
+        if self.path == STATS:
+            with srv.lock:
+                body = json.dumps({"requests": srv.requests, "faults": dict(srv.faults)}).encode()
+            self._send(200, body, head)
+            return
+        if self.path == HEALTH:
+            self._send(200, b"ok", head)
+            return
+        fault = srv.decide(self.command, self.path, self.headers.get("Range", ""))
+        if fault == "5xx":
+            self._send(503, b"injected 503", head)
+            return
+        if fault in ("reset", "stall"):
+            if fault == "stall":
+                time.sleep(srv.stall_s)  # longer than the client's timeout: the client gives up first
+            self._reset()
+            return
+        headers = {k: v for k, v in (("Range", self.headers.get("Range")),) if v}
+        conn = http.client.HTTPConnection(srv.upstream_host, srv.upstream_port, timeout=30)
+        try:
+            conn.request(self.command, self.path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            self.send_response(resp.status)
+            for k in ("Content-Type", "Content-Range", "Accept-Ranges"):
+                if resp.getheader(k):
+                    self.send_header(k, resp.getheader(k))
+            length = resp.getheader("Content-Length") or str(len(body))
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if head:
+                return
+            if fault == "truncate" and len(body) > 1:
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self._reset()
+                return
+            self.wfile.write(body)
+        finally:
+            conn.close()
+
+    def _send(self, status: int, body: bytes, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0), as a crashed or overloaded peer does."""
+        import struct
+
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+    def do_GET(self) -> None:
+        self._handle(head=False)
+
+    def do_HEAD(self) -> None:
+        self._handle(head=True)
+
+
+class _ChaosServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, upstream: str, *, rate: float, seed: int, kinds: list[str], stall_s: float,
+                 broken: list[str], max_consecutive: int) -> None:
+        super().__init__(("127.0.0.1", port), _ChaosHandler)
+        from urllib.parse import urlparse
+
+        u = urlparse(upstream)
+        self.upstream_host, self.upstream_port = u.hostname, u.port or 80
+        self.rate, self.seed, self.kinds, self.stall_s = rate, seed, kinds, stall_s
+        self.broken, self.max_consecutive = broken, max_consecutive
+        self.lock = threading.Lock()
+        self.attempts: Counter[str] = Counter()  # per request key: how many times it was asked
+        self.streak: Counter[str] = Counter()  # per request key: consecutive injected faults
+        self.requests = 0
+        self.faults: Counter[str] = Counter()
+
+    def decide(self, method: str, path: str, rng: str) -> str | None:
+        """The fault for this request, or None to forward. Reproducible: the n-th attempt at the same
+        (method, path, range) draws from ``Random(seed, key, n)``, whatever the thread order."""
+        import random
+
+        key = f"{method} {path} {rng}"
+        with self.lock:
+            self.requests += 1
+            n = self.attempts[key]
+            self.attempts[key] += 1
+            if any(b in path for b in self.broken):
+                fault: str | None = "5xx" if method == "HEAD" else self.kinds[n % len(self.kinds)]
+                if fault == "stall":
+                    fault = "5xx"  # permanent breakage: answer fast, never hang the job
+            else:
+                draw = random.Random(f"{self.seed}|{key}|{n}").random()
+                fault = None
+                if draw < self.rate and self.streak[key] < self.max_consecutive:
+                    fault = self.kinds[min(int(draw / self.rate * len(self.kinds)), len(self.kinds) - 1)]
+            self.streak[key] = self.streak[key] + 1 if fault else 0
+            if fault:
+                self.faults[fault] += 1
+            return fault
+
+
+@dataclasses.dataclass(frozen=True)
+class ChaosProxy:
+    """A running fault-injecting proxy: its URL and live counters."""
+
+    url: str
+
+    def stats(self) -> dict[str, Any]:
+        """``{"requests": n, "faults": {kind: count}}`` as the proxy process counted them."""
+        return requests.get(self.url + STATS, timeout=10).json()
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=str(REPO))
+
+
+@contextlib.contextmanager
+def asset_server(directory: Path, workdir: Path | None = None) -> Iterator[str]:
+    """An HTTP server (a separate process) serving ``directory`` with Range support; yields its URL."""
+    port = free_port()
+    log = (workdir or Path(tempfile.gettempdir())) / f"assets-{port}.log"
+    proc = _spawn(["assets", "--dir", str(directory), "--port", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + HEALTH, proc, 30, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def chaos_proxy(
+    upstream: str,
+    *,
+    rate: float = 0.2,
+    seed: int = 0,
+    kinds: Iterable[str] = ("5xx", "reset", "stall", "truncate"),
+    stall_s: float = 4.0,
+    broken: Iterable[str] = (),
+    max_consecutive: int = 2,
+    workdir: Path | None = None,
+) -> Iterator[ChaosProxy]:
+    """A fault-injecting HTTP proxy (a separate process on 127.0.0.1) in front of ``upstream``.
+
+    A ``rate`` share of requests (seeded, per request key and attempt) gets one of ``kinds``: ``5xx``
+    (503), ``reset`` (TCP RST), ``stall`` (``stall_s`` of silence, then RST; set the client timeout
+    below it), ``truncate`` (full Content-Length, half the body, then RST). At most ``max_consecutive``
+    faults in a row hit the same request, so a flaky asset is flaky, not dead. Paths containing a
+    ``broken`` substring fail every time (503 or RST), like a permanently damaged asset.
+    """
+    port = free_port()
+    log = (workdir or Path(tempfile.gettempdir())) / f"chaos-{port}.log"
+    args = ["chaos", "--upstream", upstream, "--port", str(port), "--rate", str(rate), "--seed", str(seed),
+            "--kinds", ",".join(kinds), "--stall-s", str(stall_s), "--max-consecutive", str(max_consecutive)]
+    for b in broken:
+        args += ["--broken", b]
+    proc = _spawn(args, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + HEALTH, proc, 30, log)
+        yield ChaosProxy(url)
+    finally:
+        _stop(proc)
+
+
+def remote_items(catalog: Path, root: Path, base_url: str, out: Path) -> Path:
+    """The items of a local static catalogue with every asset under ``root`` re-pointed at ``base_url``
+    (relative paths kept), written as one item-collection file: the same archive, read over HTTP."""
+    from sgma_batch.search import StaticCatalog
+
+    root = root.resolve()
+    items = []
+    for item in StaticCatalog(catalog).items():
+        item = json.loads(json.dumps(item))
+        for asset in (item.get("assets") or {}).values():
+            href = Path(asset["href"])
+            if href.is_absolute() and href.resolve().is_relative_to(root):
+                asset["href"] = f"{base_url.rstrip('/')}/{href.resolve().relative_to(root).as_posix()}"
+        items.append(item)
+    return write_item_collection(items, out)
+
+
+def _main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="servers.py")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("assets")
+    a.add_argument("--dir", required=True)
+    a.add_argument("--port", type=int, required=True)
+    c = sub.add_parser("chaos")
+    c.add_argument("--upstream", required=True)
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--rate", type=float, default=0.2)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--kinds", default="5xx,reset,stall,truncate")
+    c.add_argument("--stall-s", type=float, default=4.0)
+    c.add_argument("--broken", action="append", default=[])
+    c.add_argument("--max-consecutive", type=int, default=2)
+    ns = parser.parse_args(argv)
+    if ns.cmd == "assets":
+        import functools
+
+        handler = functools.partial(_RangeHandler, directory=ns.dir)
+        server: http.server.ThreadingHTTPServer = http.server.ThreadingHTTPServer(("127.0.0.1", ns.port), handler)
+        server.daemon_threads = True
+    else:
+        server = _ChaosServer(ns.port, ns.upstream, rate=ns.rate, seed=ns.seed, kinds=ns.kinds.split(","),
+                              stall_s=ns.stall_s, broken=ns.broken, max_consecutive=ns.max_consecutive)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

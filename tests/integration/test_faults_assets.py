@@ -1,0 +1,100 @@
+"""Remote assets under faults: COGs served over HTTP (Range requests) by a real server process, read through
+a seeded fault-injecting proxy process (503s, TCP resets, stalls past the client timeout, truncated bodies).
+
+A flaky archive must give a store bitwise identical to a clean run; a permanently broken asset must give a
+finished job whose tiles are degraded with that modality absent, and the exit code for "partial" (3).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reliability_helpers as rh
+import run_archive
+from servers import asset_server, chaos_proxy, remote_items
+
+from sgma_batch.run import RunSpec, run_mosaic
+
+pytestmark = pytest.mark.integration
+
+WINDOW = ["--start", "2024-06-01", "--end", "2024-06-30"]
+TILING = ["--tile-px", "128", "--halo-px", "16"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return rh.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def clean_store(archive, checkpoint, tmp_path_factory) -> Path:
+    """The reference: the same job over local files, no faults, in this process."""
+    out = tmp_path_factory.mktemp("clean") / "clean.zarr"
+    s = run_mosaic(RunSpec(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
+                           catalog=str(archive), model=str(checkpoint), tile_px=128, halo_px=16,
+                           executor="sequential"))
+    assert s.computed == s.tiles == 6 and s.exit_code == 0
+    return out
+
+
+def _bbox() -> str:
+    return ",".join(f"{v:.6f}" for v in run_archive.aoi_lonlat())
+
+
+def test_flaky_assets_give_a_bitwise_identical_store(archive, checkpoint, clean_store, tmp_path):
+    with asset_server(archive.parent, tmp_path) as assets, \
+            chaos_proxy(assets, rate=0.2, seed=7, stall_s=4.0, workdir=tmp_path) as proxy:
+        catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
+        assert all(a["href"].startswith(proxy.url) for i in json.loads(catalog.read_text())["features"]
+                   for a in i["assets"].values())
+        out = tmp_path / "flaky.zarr"
+        r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
+                   *TILING, "--out", str(out), "--json")
+        stats = proxy.stats()
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert (summary["computed"], summary["degraded"], summary["failed"]) == (6, 0, 0)
+    # the proxy really did inject faults of every kind, and the job hid them all
+    assert sum(stats["faults"].values()) >= 4, stats
+    assert set(stats["faults"]) == {"5xx", "reset", "stall", "truncate"}, stats
+    rh.assert_same_store(clean_store, out)
+    assert {r["status"] for r in rh.manifest(out).values()} == {"computed"}
+
+
+def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, checkpoint, tmp_path):
+    # Both S1 scenes' VV assets are broken for good: S1 is absent on every tile; the DEM still maps it.
+    with asset_server(archive.parent, tmp_path) as assets, \
+            chaos_proxy(assets, rate=0.0, broken=["_vv.tif"], kinds=("reset", "5xx"), workdir=tmp_path) as proxy:
+        catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
+        out = tmp_path / "broken.zarr"
+        r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
+                   "--tile-px", "256", "--halo-px", "16", "--out", str(out), "--json")
+        stats = proxy.stats()
+    assert r.returncode == 3, r.stderr[-3000:]  # partial
+    summary = json.loads(r.stdout)
+    assert summary["degraded"] == summary["tiles"] > 0 and summary["failed"] == 0
+    assert sum(stats["faults"].values()) > 0
+    records = rh.manifest(out)
+    assert len(records) == summary["tiles"]
+    for rec in records.values():
+        assert rec["status"] == "degraded"
+        assert rec["modalities"] == ["dem"] and "s1" not in rec["scenes_used"]
+        assert {"s1/s1-a", "s1/s1-b"} <= set(rec["error"]), rec["error"]
+    arrays = rh.store_arrays(out)
+    mapped = arrays["class"] != 255
+    assert mapped.mean() > 0.5  # still a map, from the DEM
+    bits = np.unique(arrays["modality_mask"][mapped])
+    assert bits.tolist() == [0b100]  # only the DEM bit (modalities s2, s1, dem): S1 recorded absent
+    r = rh.cli("status", str(out), "--json")
+    assert r.returncode == 3 and json.loads(r.stdout)["degraded"] == summary["tiles"]
