@@ -1,7 +1,9 @@
-"""``sgma-batch run`` (map an AOI into a Zarr mosaic), ``status STORE`` and ``quicklook STORE --png FILE``."""
+"""``sgma-batch run`` (map an AOI into a Zarr mosaic), ``plan`` (the same, without side effects),
+``status STORE`` and ``quicklook STORE --png FILE``."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -24,6 +26,12 @@ def register(app: typer.Typer) -> None:
         end: str | None = typer.Option(None, "--end", help="Window end YYYY-MM-DD (default: demo archive's)."),
         catalog: str | None = typer.Option(None, "--catalog", help="STAC API URL or static catalog path (default: demo archive)."),
         model: str | None = typer.Option(None, "--model", help="Checkpoint directory (default: shipped demo model)."),
+        collections: str | None = typer.Option(
+            None, "--collections", help="Per-modality collections, e.g. s2=sentinel-2-l1c,s1=my-s1:s1-db."
+        ),
+        signer: str | None = typer.Option(
+            None, "--signer", help="Sign asset hrefs at read time: planetary-computer or module:function."
+        ),
         out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
         address: str | None = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
         tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
@@ -34,18 +42,20 @@ def register(app: typer.Typer) -> None:
         probability: bool = typer.Option(False, "--probability", help="Also store per-class probabilities (float16)."),
         sequential: bool = typer.Option(False, "--sequential", help="Run in this process without Ray (tiny jobs)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Only plan: what would be computed/reused (= plan)."),
     ) -> None:
         """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
         from pydantic import ValidationError
 
         from sgma_batch.errors import UsageError
-        from sgma_batch.run import RunSpec, run_mosaic
+        from sgma_batch.run import RunSpec, plan_run, run_mosaic
 
         if zarr_format not in (2, 3):
             raise UsageError(f"--zarr-format must be 2 or 3, got {zarr_format}")
         try:
             spec = RunSpec(
                 aoi=aoi, start=start, end=end, catalog=catalog, model=model, out=out, address=address,
+                collections=collections, signer=signer,
                 tile_px=tile_px, halo_px=halo_px, res_m=res, crs=crs, zarr_format=zarr_format,
                 write_probability=probability, executor="sequential" if sequential else "ray",
                 cache_dir=str(_cache_dir()),
@@ -53,6 +63,9 @@ def register(app: typer.Typer) -> None:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        if dry_run:
+            _print_plan(plan_run(spec), as_json)
+            return
         with _Progress(enabled=sys.stderr.isatty(), px_km2=res * res / 1e6) as bar:
             summary = run_mosaic(spec, progress=bar.update)
         if as_json:
@@ -65,6 +78,17 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
         raise typer.Exit(summary.exit_code)
+
+    def plan_cmd(**kwargs: object) -> None:
+        """Plan a run without side effects: tiles to compute/reuse, scenes, bytes to read, time estimate."""
+        run_cmd(**kwargs, dry_run=True)
+
+    sig = inspect.signature(run_cmd)
+    plan_cmd.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in sig.parameters.values() if p.name != "dry_run"]
+    )
+    plan_cmd.__annotations__ = {k: v for k, v in run_cmd.__annotations__.items() if k != "dry_run"}
+    app.command("plan")(plan_cmd)
 
     @app.command("status")
     def status_cmd(
@@ -94,6 +118,25 @@ def register(app: typer.Typer) -> None:
 
         render_quicklook(store, png)
         typer.echo(png, err=True)
+
+
+def _print_plan(plan: object, as_json: bool) -> None:
+    d = plan.to_dict()  # type: ignore[attr-defined]
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    est = f", about {d['estimate_s']:.0f} s of model time here" if d["estimate_s"] is not None else ""
+    typer.echo(
+        f"{d['store']}: {d['tiles']} tiles ({d['area_km2']:.1f} km2), {d['compute']} to compute, {d['reuse']} reused"
+        f"{est}\n  scenes: {_kv(d['scenes'])}\n  tiles with: {_kv(d['tiles_with'])}"
+        f"\n  to compute by modalities: {_kv(d['signatures'])}"
+        f"\n  to read: {d['bytes_to_read'] / 1e6:,.1f} MB (up to {d['bytes_upper'] / 1e6:,.1f} MB)",
+        err=True,
+    )
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
 
 
 class _Progress:

@@ -207,13 +207,25 @@ def _nodata_arrays(h: int, w: int, m: int, k: int, probability: bool) -> TileArr
     )
 
 
-def order_by_signature(tasks: Iterable[TileTask]) -> list[TileTask]:
-    """Tiles grouped by which modalities they have, then in tile order."""
-    return sorted(tasks, key=lambda t: (t.signature, t.tile_id))
+def order_by_signature(tasks: Iterable[TileTask], seed: int | None = None) -> list[TileTask]:
+    """Tiles grouped by which modalities they have, then in tile order.
+
+    With ``seed``, a seeded shuffle instead: results must not depend on the order (determinism tests).
+    """
+    ordered = sorted(tasks, key=lambda t: (t.signature, t.tile_id))
+    if seed is not None:
+        import random
+
+        random.Random(seed).shuffle(ordered)
+    return ordered
 
 
 def execute_sequential(
-    tasks: Sequence[TileTask], cfg: InferenceConfig, *, on_record: Callable[[dict[str, Any]], None] | None = None
+    tasks: Sequence[TileTask],
+    cfg: InferenceConfig,
+    *,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    order_seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every tile in this process (tiny jobs, tests); same per-tile code as the Ray path."""
     import torch
@@ -223,7 +235,7 @@ def execute_sequential(
     try:
         runner = TileRunner(cfg)
         records = []
-        for task in order_by_signature(tasks):
+        for task in order_by_signature(tasks, order_seed):
             rec = runner.run(read_tile(task, runner.card, cfg))
             records.append(rec)
             if on_record is not None:
@@ -257,11 +269,12 @@ def _card_cache(path: str, reader: Callable[[str], Any]) -> Any:
 class _RayPredictor:
     """Ray Data callable class: the model is loaded once per actor in ``__init__``."""
 
-    def __init__(self, cfg: InferenceConfig) -> None:
+    def __init__(self, cfg: InferenceConfig, order_seed: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(cfg.threads)
         self.runner = TileRunner(cfg)
+        self.order_seed = order_seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
@@ -269,7 +282,9 @@ class _RayPredictor:
         from ray import cloudpickle
 
         tiles = [cloudpickle.loads(b) for b in batch["tile"]]
-        records = [self.runner.run(t) for t in sorted(tiles, key=lambda t: (t.task.signature, t.task.tile_id))]
+        by_id = {t.task.tile_id: t for t in tiles}
+        order = order_by_signature([t.task for t in tiles], self.order_seed)
+        records = [self.runner.run(by_id[t.tile_id]) for t in order]
         return {"record": np.array([json.dumps(r, default=str) for r in records], dtype=object)}
 
 
@@ -280,8 +295,12 @@ def execute_ray(
     max_actors: int | None = None,
     batch_size: int = 2,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    order_seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business)."""
+    """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
+
+    ``order_seed`` shuffles the task order (and the order inside each batch) for determinism tests.
+    """
     import json
 
     import ray
@@ -301,13 +320,13 @@ def execute_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
-    ordered = order_by_signature(tasks)
+    ordered = order_by_signature(tasks, order_seed)
     items = [{"task": cloudpickle.dumps(t)} for t in ordered]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_read_row, fn_kwargs={"cfg": cfg}, num_cpus=1)
     ds = ds.map_batches(
         _RayPredictor,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "order_seed": order_seed},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         batch_size=batch_size,
         num_cpus=actor_cpus,

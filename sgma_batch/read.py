@@ -12,6 +12,10 @@ nearest in time; DEM: mosaic), and reading stops early once every pixel is fille
 Transient read errors are retried with exponential backoff; a scene that still fails is skipped and
 reported; when every scene of a modality fails, :class:`AssetReadError` says so and the caller
 records the modality as absent for that tile.
+
+Hrefs are signed at read time (:func:`sgma_batch.stac_io.resolve_href`, Planetary Computer style
+tokens), once per attempt so that a retry after an expired token gets a fresh one. A signed href is
+never stored: error messages and logs carry the unsigned href.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from odc.geo.geobox import GeoBox
 
 from sgma_batch.errors import AssetReadError
 from sgma_batch.scenes import AssetRef, Scene
+from sgma_batch.stac_io import resolve_href
 
 log = logging.getLogger(__name__)
 
@@ -84,51 +89,69 @@ def _is_aligned(src: Any, geobox: GeoBox) -> bool:
     return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
 
 
-def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool) -> np.ndarray:
-    """One asset on the target grid as float32; pixels it does not cover are nodata (or NaN)."""
+class _SignedReadError(OSError):
+    """A read error whose message has the signed href replaced by the unsigned one."""
+
+
+def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str | None = None) -> np.ndarray:
+    """One asset on the target grid as float32; pixels it does not cover are nodata (or NaN).
+
+    ``href`` is what to open (the signed href) when it differs from ``asset.href``.
+    """
     import rasterio
+
+    href = href or asset.href
+    path = _gdal_path(href)
+    if not path.startswith("/vsi") and not Path(path).exists():
+        raise FileNotFoundError(f"asset {asset.href} does not exist")  # local: not transient, no retry
+    try:
+        with rasterio.open(path) as src:
+            return _read_open(src, asset, geobox, categorical=categorical)
+    except OSError as exc:  # RasterioIOError is an OSError: keep any token out of messages and logs
+        if href == asset.href:
+            raise
+        raise _SignedReadError(str(exc).replace(href, asset.href).replace(path, _gdal_path(asset.href))) from None
+
+
+def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) -> np.ndarray:
     from rasterio.enums import Resampling
     from rasterio.warp import reproject, transform_bounds
     from rasterio.windows import Window, from_bounds
 
     h, w = geobox.shape.yx
-    path = _gdal_path(asset.href)
-    if not path.startswith("/vsi") and not Path(path).exists():
-        raise FileNotFoundError(f"asset {asset.href} does not exist")  # local: not transient, no retry
-    with rasterio.open(path) as src:
-        nodata = asset.nodata if asset.nodata is not None else src.nodata
-        fill = np.float32(nodata) if nodata is not None else (np.float32(0) if categorical else np.float32(np.nan))
-        out = np.full((h, w), fill, np.float32)
-        if _is_aligned(src, geobox):
-            t = geobox.transform
-            col0 = round((t.c - src.transform.c) / src.transform.a)
-            row0 = round((t.f - src.transform.f) / src.transform.e)
-            r0, r1 = max(row0, 0), min(row0 + h, src.height)
-            c0, c1 = max(col0, 0), min(col0 + w, src.width)
-            if r0 < r1 and c0 < c1:
-                out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
-                    1, window=Window(c0, r0, c1 - c0, r1 - r0)
-                )
-            return out
-        # Warp: read only the source window that covers the target (plus a margin for the kernel).
-        left, bottom, right, top = transform_bounds(geobox.crs.wkt, src.crs, *geobox.extent.boundingbox, densify_pts=21)
-        win = from_bounds(left, bottom, right, top, transform=src.transform)
-        col_off, row_off = max(math.floor(win.col_off) - 2, 0), max(math.floor(win.row_off) - 2, 0)
-        col_end = min(math.ceil(win.col_off + win.width) + 2, src.width)
-        row_end = min(math.ceil(win.row_off + win.height) + 2, src.height)
-        if col_off >= col_end or row_off >= row_end:
-            return out
-        window = Window(col_off, row_off, col_end - col_off, row_end - row_off)
-        block = src.read(1, window=window).astype(np.float32)
-        src_nodata = np.float32(nodata) if nodata is not None else np.float32(np.nan)
-        reproject(
-            block, out,
-            src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=src_nodata,
-            dst_transform=geobox.transform, dst_crs=geobox.crs.wkt, dst_nodata=fill,
-            resampling=Resampling.nearest if categorical else Resampling.bilinear,
-            init_dest_nodata=True,
-        )
+    nodata = asset.nodata if asset.nodata is not None else src.nodata
+    fill = np.float32(nodata) if nodata is not None else (np.float32(0) if categorical else np.float32(np.nan))
+    out = np.full((h, w), fill, np.float32)
+    if _is_aligned(src, geobox):
+        t = geobox.transform
+        col0 = round((t.c - src.transform.c) / src.transform.a)
+        row0 = round((t.f - src.transform.f) / src.transform.e)
+        r0, r1 = max(row0, 0), min(row0 + h, src.height)
+        c0, c1 = max(col0, 0), min(col0 + w, src.width)
+        if r0 < r1 and c0 < c1:
+            out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
+                1, window=Window(c0, r0, c1 - c0, r1 - r0)
+            )
         return out
+    # Warp: read only the source window that covers the target (plus a margin for the kernel).
+    left, bottom, right, top = transform_bounds(geobox.crs.wkt, src.crs, *geobox.extent.boundingbox, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=src.transform)
+    col_off, row_off = max(math.floor(win.col_off) - 2, 0), max(math.floor(win.row_off) - 2, 0)
+    col_end = min(math.ceil(win.col_off + win.width) + 2, src.width)
+    row_end = min(math.ceil(win.row_off + win.height) + 2, src.height)
+    if col_off >= col_end or row_off >= row_end:
+        return out
+    window = Window(col_off, row_off, col_end - col_off, row_end - row_off)
+    block = src.read(1, window=window).astype(np.float32)
+    src_nodata = np.float32(nodata) if nodata is not None else np.float32(np.nan)
+    reproject(
+        block, out,
+        src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=src_nodata,
+        dst_transform=geobox.transform, dst_crs=geobox.crs.wkt, dst_nodata=fill,
+        resampling=Resampling.nearest if categorical else Resampling.bilinear,
+        init_dest_nodata=True,
+    )
+    return out
 
 
 def _with_retries(fn: Any, *, what: str, retries: int, backoff_s: float) -> Any:
@@ -182,7 +205,9 @@ def read_modality_report(
                             continue
                         raise AssetReadError(f"scene {scene.id} has no asset for band {band}")
                     arrays[band] = _with_retries(
-                        lambda a=asset, b=band: _read_band(a, geobox, categorical=b in profile.mask_bands),
+                        lambda a=asset, b=band, s=scene: _read_band(
+                            a, geobox, categorical=b in profile.mask_bands, href=resolve_href(s, a)
+                        ),
                         what=f"{scene.id}/{band}", retries=retries, backoff_s=backoff_s,
                     )
                 sdata, svalid = profile.harmonise(scene, arrays)  # (C, H, W), (H, W)

@@ -3,7 +3,7 @@
 search -> grid -> plan (content hash per tile) -> skip tiles the manifest already holds with the same
 hash -> execute the rest (Ray by default) -> finish (overviews, consolidated metadata, STAC Item,
 quicklook). A rerun recomputes exactly the tiles whose scenes, model or config changed; degraded and
-failed tiles are retried.
+failed tiles are retried. :func:`plan_run` does everything but the side effects (``sgma-batch plan``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sgma_batch.errors import ModalityMismatchError, NothingFoundError, UsageErr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Progress", "RunSpec", "RunSummary", "run_mosaic"]
+__all__ = ["Progress", "RunPlan", "RunSpec", "RunSummary", "plan_run", "run_mosaic"]
 
 # progress(completed_tiles, total_tiles, record or None): called once before the first tile and per tile.
 Progress = Callable[[int, int, "dict[str, Any] | None"], None]
@@ -40,6 +40,10 @@ class RunSpec(BaseModel):
     end: str | None = None
     catalog: str | None = Field(None, description="STAC API URL or static catalog path; default: the demo archive")
     model: str | None = Field(None, description="checkpoint directory; default: the shipped demo model")
+    collections: str | dict[str, str] | None = Field(
+        None, description="per-modality collection overrides, 's2=id[:profile],s1=...' (see search)"
+    )
+    signer: str | None = Field(None, description="href signer applied at read time ('planetary-computer', 'mod:fn')")
     cache_dir: str | None = Field(None, description="where the demo archive is generated when no catalog is given")
     address: str | None = Field(None, description="Ray address; None starts/uses a local Ray")
     executor: Literal["ray", "sequential"] = "ray"
@@ -55,6 +59,9 @@ class RunSpec(BaseModel):
     batch_size: int = Field(2, ge=1)
     threads: int = Field(1, ge=1)
     max_area_km2: float | None = None
+    task_order_seed: int | None = Field(
+        None, description="run tiles in a seeded shuffled order instead of by signature (determinism tests)"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,28 +108,31 @@ def _demo_catalog(spec: RunSpec) -> tuple[str, str | None, str | None]:
     return str(info.catalog_path), start, end
 
 
-def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary:
-    """Map an AOI into the Zarr store ``spec.out``; resumes and updates incrementally.
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything up to (not including) the first side effect: search results, grid, tasks, layout."""
 
-    Raises:
-        NothingFoundError: no scene of any model modality over the AOI and window.
-        StoreIncompatibleError: ``spec.out`` holds a store with another grid, tiling or classes.
-    """
+    aoi: Any
+    catalog: str
+    start: str
+    end: str
+    model_path: str
+    card: Any
+    scenes: dict[str, list[Any]]
+    geobox: Any
+    cfg_hash: str
+    tasks: list[Any]
+    layout: Any
+
+
+def _prepare(spec: RunSpec) -> _Prepared:
     from sgma_batch.aoi import load_aoi
     from sgma_batch.colocate import plan_cell
-    from sgma_batch.execute import InferenceConfig, execute_ray, execute_sequential
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox
     from sgma_batch.search import search_scenes
-    from sgma_batch.store import (
-        StoreLayout,
-        finish_store,
-        open_or_create_store,
-        read_manifest,
-        tile_records_done,
-    )
+    from sgma_batch.store import StoreLayout
     from sgma_model import read_card
 
-    t0 = time.perf_counter()
     if spec.overlap_px >= spec.window_px:
         raise UsageError(f"overlap {spec.overlap_px} px must be smaller than the window {spec.window_px} px")
     if spec.tile_px % 16:
@@ -143,16 +153,16 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         model_path = spec.model
     card = read_card(model_path)
     modalities = tuple(card.modality_names)
-    found = search_scenes(catalog, aoi, start, end, modalities=modalities, allow_empty=True)
+    found = search_scenes(catalog, aoi, start, end, modalities=modalities, allow_empty=True,
+                          collections=spec.collections, signer=spec.signer)
     scenes = {m: list(v) for m, v in found.items() if m in modalities}
+    if not scenes:
+        raise ModalityMismatchError(f"the catalogue offers none of the model's modalities {modalities}")
     if not any(scenes.values()):
         raise NothingFoundError(
             f"no scenes of {', '.join(modalities)} over the AOI between {start} and {end} in {catalog}; "
             "widen the time window or check the catalogue"
         )
-    if not scenes:
-        raise ModalityMismatchError(f"the catalogue offers none of the model's modalities {modalities}")
-
     geobox = target_geobox(aoi.geometry, res_m=spec.res_m, crs=spec.crs or aoi.utm_epsg)
     cfg_hash = config_hash(_output_config(spec, aoi.geometry.wkb))
     tasks = plan_tiles(
@@ -164,23 +174,38 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         geobox=geobox, tile_px=spec.tile_px, classes=tuple((c.name, c.color) for c in card.classes),
         modalities=modalities, write_probability=spec.write_probability, zarr_format=spec.zarr_format,
     )
+    return _Prepared(aoi, str(catalog), start, end, model_path, card, scenes, geobox, cfg_hash, tasks, layout)
+
+
+def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary:
+    """Map an AOI into the Zarr store ``spec.out``; resumes and updates incrementally.
+
+    Raises:
+        NothingFoundError: no scene of any model modality over the AOI and window.
+        StoreIncompatibleError: ``spec.out`` holds a store with another grid, tiling or classes.
+    """
     from datetime import datetime
 
     from sgma_batch import __version__
+    from sgma_batch.execute import InferenceConfig, execute_ray, execute_sequential
+    from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
+    t0 = time.perf_counter()
+    prep = _prepare(spec)
+    aoi, card, tasks, layout = prep.aoi, prep.card, prep.tasks, prep.layout
     provenance = {
-        "model": card.architecture, "model_path": model_path, "model_hash": card.model_hash,
-        "config_hash": cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": str(catalog),
-        "window": [start, end], "created": datetime.now(UTC).isoformat(), "software": __version__,
+        "model": card.architecture, "model_path": prep.model_path, "model_hash": card.model_hash,
+        "config_hash": prep.cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": prep.catalog,
+        "window": [prep.start, prep.end], "created": datetime.now(UTC).isoformat(), "software": __version__,
     }
     created = open_or_create_store(spec.out, layout, provenance)
     done = tile_records_done(read_manifest(spec.out), tasks)
     todo = [t for t in tasks if t.tile_id not in done]
     log.info("%d tiles: %d reused, %d to compute", len(tasks), len(done), len(todo))
 
-    aoi_grid = aoi_in_grid_crs(aoi.geometry, geobox)
+    aoi_grid = aoi_in_grid_crs(aoi.geometry, prep.geobox)
     cfg = InferenceConfig(
-        checkpoint=model_path, store=str(spec.out), layout=layout, aoi_wkt=aoi_grid.wkt,
+        checkpoint=prep.model_path, store=str(spec.out), layout=layout, aoi_wkt=aoi_grid.wkt,
         window_px=spec.window_px, overlap_px=spec.overlap_px, threads=spec.threads,
     )
     completed = [len(done)]
@@ -195,17 +220,130 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     if not todo:
         records: list[dict[str, Any]] = []
     elif spec.executor == "sequential":
-        records = execute_sequential(todo, cfg, on_record=on_record)
+        records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
     else:
         records = _with_ray(spec.address, lambda: execute_ray(
-            todo, cfg, max_actors=spec.max_actors, batch_size=spec.batch_size, on_record=on_record))
+            todo, cfg, max_actors=spec.max_actors, batch_size=spec.batch_size, on_record=on_record,
+            order_seed=spec.task_order_seed))
     finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
     return RunSummary(
         store=str(spec.out), tiles=len(tasks), reused=len(done), computed=counts["computed"],
         degraded=counts["degraded"], failed=counts["failed"], nodata=counts["nodata"],
         area_km2=round(aoi.area_km2, 4), seconds=round(time.perf_counter() - t0, 3),
-        scenes={m: len(v) for m, v in scenes.items()}, created=created,
+        scenes={m: len(v) for m, v in prep.scenes.items()}, created=created,
+    )
+
+
+# -- plan: everything but the side effects ---------------------------------------------------------------
+#: Bytes per source sample by modality when the catalogue does not say (S2 DN uint16; S1 and DEM float32).
+_SAMPLE_BYTES = {"s2": 2, "s1": 4, "dem": 4}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``run`` would do, computed without writing anything (``sgma-batch plan``)."""
+
+    store: str
+    store_exists: bool
+    tiles: int
+    reuse: int
+    compute: int
+    area_km2: float
+    grid: dict[str, Any]
+    scenes: dict[str, int]  # modality -> scenes found
+    tiles_with: dict[str, int]  # modality -> tiles where it has at least one candidate scene
+    signatures: dict[str, int]  # "s1+s2" -> tiles to compute with exactly these modalities ("none" = nodata)
+    bytes_to_read: int  # best-ranked scene per modality and tile to compute (uncompressed source samples)
+    bytes_upper: int  # every candidate scene read (cloudy optical: the composite reads further scenes)
+    model_px_per_s: float | None  # measured forward throughput of the checkpoint on this machine
+    estimate_s: float | None  # model-bound time for the tiles to compute (windows incl. overlap and halo)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _asset_bytes(asset: Any, modality: str, halo: Any) -> int:
+    """Uncompressed bytes of the source window that covers a halo GeoBox (from the asset's grid if known)."""
+    res = abs(asset.transform[0]) if asset.transform else None
+    if res is None or asset.epsg is None or asset.epsg != halo.crs.epsg:
+        # other CRS or unknown grid: assume the target resolution (warped reads cover about as many pixels)
+        px = halo.shape.y * halo.shape.x
+    else:
+        px = int(halo.extent.area / (res * res))
+    return px * _SAMPLE_BYTES.get(modality, 4)
+
+
+def _measure_model(model_path: str, window_px: int, batch: int, threads: int) -> float:
+    """Pixels per second of one forward of ``batch`` all-modality windows (after one warm-up)."""
+    import torch
+
+    from sgma_model import load_checkpoint
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, card = load_checkpoint(model_path, map_location="cpu")
+        model.eval()
+        g = torch.Generator().manual_seed(0)
+        xs = {m: torch.randn(batch, n, window_px, window_px, generator=g) for m, n in card.band_counts().items()}
+        with torch.inference_mode():
+            model(xs)
+            t0 = time.perf_counter()
+            model(xs)
+            dt = time.perf_counter() - t0
+        return batch * window_px * window_px / max(dt, 1e-9)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
+    """What :func:`run_mosaic` would do for ``spec``, without creating or changing anything.
+
+    Searches the catalogue, builds the grid and the tile plan, compares content hashes with the
+    manifest of an existing store (read-only; an incompatible store raises as ``run`` would), counts
+    tiles per modality and per modality signature, estimates the bytes to read and, with ``measure``,
+    the model-bound time from one timed forward of the checkpoint on this machine.
+
+    Raises:
+        NothingFoundError, StoreIncompatibleError: as :func:`run_mosaic`.
+    """
+    from sgma_batch.blend import window_starts
+    from sgma_batch.store import check_store, read_manifest, tile_records_done
+
+    prep = _prepare(spec)
+    tasks = prep.tasks
+    exists = check_store(spec.out, prep.layout)
+    done = tile_records_done(read_manifest(spec.out), tasks) if exists else set()
+    todo = [t for t in tasks if t.tile_id not in done]
+    tiles_with = {m: sum(1 for t in tasks if t.scenes.get(m)) for m in prep.card.modality_names}
+    signatures: dict[str, int] = {}
+    best = upper = 0
+    windows = 0
+    for t in todo:
+        key = "+".join(t.signature) or "none"
+        signatures[key] = signatures.get(key, 0) + 1
+        for m, cands in t.scenes.items():
+            for i, scene in enumerate(cands):
+                n = sum(_asset_bytes(a, m, t.halo) for b, a in scene.assets.items())
+                upper += n
+                best += n if i == 0 else 0
+        if t.signature:
+            h, w = (max(v, spec.window_px) for v in t.halo.shape.yx)
+            stride = spec.window_px - spec.overlap_px
+            windows += len(window_starts(h, spec.window_px, stride)) * len(window_starts(w, spec.window_px, stride))
+    rate = _measure_model(prep.model_path, spec.window_px, min(spec.batch_size * 4, 8), spec.threads) \
+        if measure and todo else None
+    g = prep.geobox
+    return RunPlan(
+        store=str(spec.out), store_exists=exists, tiles=len(tasks), reuse=len(done), compute=len(todo),
+        area_km2=round(prep.aoi.area_km2, 4),
+        grid={"epsg": g.crs.epsg, "res_m": spec.res_m, "shape": [g.shape.y, g.shape.x], "tile_px": spec.tile_px,
+              "halo_px": spec.halo_px},
+        scenes={m: len(v) for m, v in prep.scenes.items()}, tiles_with=tiles_with,
+        signatures=dict(sorted(signatures.items())), bytes_to_read=best, bytes_upper=upper,
+        model_px_per_s=round(rate, 1) if rate else None,
+        estimate_s=round(windows * spec.window_px**2 / rate, 2) if rate else None,
     )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "CLASS_NODATA",
     "StoreLayout",
     "TileArrays",
+    "check_store",
     "commit_tile",
     "finish_store",
     "manifest_summary",
@@ -254,6 +255,31 @@ def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapp
                    encoding=encoding)
     (path / MANIFEST_DIR).mkdir(exist_ok=True)
     log.info("created store %s (%s px, chunks %d)", path, layout.geobox.shape, layout.tile_px)
+    return True
+
+
+@_quiet_zarr
+def check_store(path: str | Path, layout: StoreLayout) -> bool:
+    """Read-only: False when ``path`` holds no store yet, True when it holds a compatible one.
+
+    Raises:
+        StoreIncompatibleError: as :func:`open_or_create_store` would, without changing anything.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.exists() or not any(path.iterdir()):
+        return False
+    try:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    except Exception:  # noqa: BLE001 - any failure to open means "not a store we can use"
+        raise StoreIncompatibleError(f"{path} exists and is not a readable Zarr store; pass a new --out path") from None
+    if group.metadata.zarr_format != layout.zarr_format:
+        raise StoreIncompatibleError(
+            f"store {path} is Zarr v{group.metadata.zarr_format}, not v{layout.zarr_format}; "
+            f"pass --zarr-format {group.metadata.zarr_format} or a new --out"
+        )
+    _check_compatible(path, group.attrs.asdict(), layout)
     return True
 
 

@@ -1,0 +1,95 @@
+"""plan_run: everything ``run`` does up to the first side effect, on a real static archive of COGs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+import run_archive
+
+from sgma_batch.errors import NothingFoundError, StoreIncompatibleError
+from sgma_batch.run import RunSpec, plan_run
+from sgma_batch.store import StoreLayout, open_or_create_store
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from sgma_model import ModelCard, create_model, save_checkpoint
+    from sgma_model.testing import CLASSES, card_modalities
+
+    torch.manual_seed(0)
+    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
+    return path
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
+
+
+def _spec(catalog, checkpoint, out, **kw) -> RunSpec:
+    base = {"aoi": run_archive.aoi_lonlat(), "out": str(out), "start": "2024-06-01", "end": "2024-06-30",
+            "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
+            "overlap_px": 16}
+    return RunSpec(**{**base, **kw})
+
+
+def test_plan_counts_tiles_modalities_and_bytes_without_side_effects(archive, checkpoint, tmp_path):
+    out = tmp_path / "never.zarr"
+    plan = plan_run(_spec(archive, checkpoint, out), measure=False)
+    assert not out.exists() and not plan.store_exists
+    assert (plan.tiles, plan.compute, plan.reuse) == (6, 6, 0)
+    assert plan.scenes == {"s1": 2, "dem": 1}
+    assert plan.tiles_with == {"s2": 0, "s1": 6, "dem": 6}
+    assert plan.signatures == {"dem+s1": 6}
+    assert plan.grid["epsg"] == 32633 and plan.grid["tile_px"] == 128
+    assert plan.estimate_s is None and plan.model_px_per_s is None
+
+    # Every asset lies on the target grid (same CRS, 10 m): bytes = halo pixels x bands x 4 (float32).
+    from sgma_batch.aoi import load_aoi
+    from sgma_batch.grid import plan_tiles, target_geobox
+
+    aoi = load_aoi(tuple(run_archive.aoi_lonlat()))
+    tasks = plan_tiles(target_geobox(aoi.geometry, res_m=10.0), aoi.geometry, tile_px=128, halo_px=16)
+    halo_px = sum(t.halo.shape.y * t.halo.shape.x for t in tasks)
+    assert plan.bytes_to_read == halo_px * (2 * 4 + 1 * 4)  # best S1 scene (vv, vh) + the DEM
+    assert plan.bytes_upper == halo_px * (2 * 2 * 4 + 1 * 4)  # both S1 scenes + the DEM
+
+
+def test_plan_measures_model_throughput(archive, checkpoint, tmp_path):
+    plan = plan_run(_spec(archive, checkpoint, tmp_path / "m.zarr", window_px=32, overlap_px=8), measure=True)
+    assert plan.model_px_per_s is not None and plan.model_px_per_s > 0
+    # every halo tile (160 px, or less at the grid edge) is covered by windows of 32 px every 24 px
+    assert plan.estimate_s is not None and plan.estimate_s > 0
+    assert plan.to_dict()["compute"] == 6
+
+
+def test_plan_reads_an_existing_store_and_refuses_an_incompatible_one(archive, checkpoint, tmp_path):
+    spec = _spec(archive, checkpoint, tmp_path / "s.zarr")
+    from sgma_batch.aoi import load_aoi
+    from sgma_batch.grid import target_geobox
+    from sgma_model.testing import CLASSES
+
+    aoi = load_aoi(tuple(run_archive.aoi_lonlat()))
+    classes = tuple(tuple(c) for c in CLASSES)
+    same = StoreLayout(target_geobox(aoi.geometry, res_m=10.0), 128, classes, ("s2", "s1", "dem"))
+    open_or_create_store(spec.out, same, {})
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "s.zarr").rglob("*"))
+    plan = plan_run(spec, measure=False)
+    assert plan.store_exists and plan.compute == 6  # an empty manifest: nothing to reuse yet
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "s.zarr").rglob("*")) == before
+
+    with pytest.raises(StoreIncompatibleError, match="different layout"):
+        plan_run(_spec(archive, checkpoint, spec.out, tile_px=256), measure=False)
+
+
+def test_plan_nothing_found(archive, checkpoint, tmp_path):
+    with pytest.raises(NothingFoundError):
+        plan_run(_spec(archive, checkpoint, tmp_path / "n.zarr", start="2035-01-01", end="2035-01-31"), measure=False)
+    assert not (tmp_path / "n.zarr").exists()
