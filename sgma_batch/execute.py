@@ -18,6 +18,8 @@ tile's result never depends on which tiles share its batch or actor.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +185,7 @@ class TileRunner:
                 status = "computed"
             record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(t1 - t0, 4),
                                 "write_s": round(t2 - t1, 4)}
+            record["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # provenance: which process wrote it
         except Exception as exc:
             log.exception("tile %s failed", task.tile_id)
             status = "failed"
@@ -315,7 +318,10 @@ def execute_ray(
         actors, actor_cpus, actor_gpus = min(max_actors or gpus, gpus), 1, 1
     else:
         # Leave at least one CPU to the read tasks, or an actor pool can starve them (ray #44687).
-        actors, actor_cpus, actor_gpus = max(1, min(max_actors or cpus - 1, cpus - 1)), cfg.threads, 0
+        spare = max(cpus - 1, 1)
+        actors, actor_cpus, actor_gpus = max_actors or spare, cfg.threads, 0
+        if actors * actor_cpus > spare:  # more actors asked for than CPUs: share them (fractional CPUs)
+            actor_cpus = spare / actors
     actors = min(actors, len(tasks))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -327,7 +333,7 @@ def execute_ray(
     ds = ds.map_batches(
         _RayPredictor,
         fn_constructor_kwargs={"cfg": cfg, "order_seed": order_seed},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors),
         batch_size=batch_size,
         num_cpus=actor_cpus,
         num_gpus=actor_gpus,
