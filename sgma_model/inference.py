@@ -11,7 +11,6 @@ from torch import Tensor
 from sgma_model.model import MultiModalSegmenter, SegmentationOutput
 
 
-@torch.inference_mode()
 def predict(
     model: MultiModalSegmenter,
     inputs: Mapping[str, Tensor],
@@ -32,6 +31,8 @@ def predict(
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
+    # placement outside inference_mode: parameters converted inside it would become inference tensors
+    # that can never be trained again
     model.to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
@@ -43,7 +44,7 @@ def predict(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    with ctx:
+    with torch.inference_mode(), ctx:
         out = model(xs, ms)
     out.logits = out.logits.float()
     out.robustness = out.robustness.float()
