@@ -177,10 +177,10 @@ class TileRunner:
             t1 = time.perf_counter()
             write_tile(self.cfg.store, self.cfg.layout, task.region, arrays)
             t2 = time.perf_counter()
-            if not tile.inputs or not (arrays.class_ != CLASS_NODATA).any():
-                status = "nodata"
-            elif tile.errors:
+            if tile.errors:  # some input failed to read: recorded, and retried by the next run
                 status = "degraded"
+            elif not tile.inputs or not (arrays.class_ != CLASS_NODATA).any():
+                status = "nodata"
             else:
                 status = "computed"
             record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(t1 - t0, 4),

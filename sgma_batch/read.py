@@ -89,10 +89,6 @@ def _is_aligned(src: Any, geobox: GeoBox) -> bool:
     return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
 
 
-class _SignedReadError(OSError):
-    """A read error whose message has the signed href replaced by the unsigned one."""
-
-
 def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str | None = None) -> np.ndarray:
     """One asset on the target grid as float32; pixels it does not cover are nodata (or NaN).
 
@@ -110,7 +106,9 @@ def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str 
     except OSError as exc:  # RasterioIOError is an OSError: keep any token out of messages and logs
         if href == asset.href:
             raise
-        raise _SignedReadError(str(exc).replace(href, asset.href).replace(path, _gdal_path(asset.href))) from None
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        msg = msg.replace(href, asset.href).replace(path, _gdal_path(asset.href))
+        raise AssetReadError(msg if asset.href in msg else f"{msg} (signed read of {asset.href})") from None
 
 
 def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) -> np.ndarray:

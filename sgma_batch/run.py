@@ -58,6 +58,8 @@ class RunSpec(BaseModel):
     max_actors: int | None = Field(None, ge=1)
     batch_size: int = Field(2, ge=1)
     threads: int = Field(1, ge=1)
+    read_retries: int = Field(3, ge=0, description="retries of a failed asset read (exponential backoff)")
+    read_backoff_s: float = Field(0.5, ge=0, description="first backoff delay; doubles per retry")
     max_area_km2: float | None = None
     task_order_seed: int | None = Field(
         None, description="run tiles in a seeded shuffled order instead of by signature (determinism tests)"
@@ -207,6 +209,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     cfg = InferenceConfig(
         checkpoint=prep.model_path, store=str(spec.out), layout=layout, aoi_wkt=aoi_grid.wkt,
         window_px=spec.window_px, overlap_px=spec.overlap_px, threads=spec.threads,
+        read_retries=spec.read_retries, read_backoff_s=spec.read_backoff_s,
     )
     completed = [len(done)]
     if progress is not None:
