@@ -33,7 +33,9 @@ def _subsets(all_subsets: bool) -> list[tuple[str, ...]]:
     return [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
 
 
-def bench(name: str, subset: tuple[str, ...], size: int, batch: int, iters: int, device: str, compile_: bool) -> dict:
+def bench(
+    name: str, subset: tuple[str, ...], size: int, batch: int, iters: int, device: str, compile_: bool
+) -> dict:
     torch.manual_seed(0)
     model = create_model(name, modalities=MODALITIES, num_classes=7).eval()
     n_params = sum(p.numel() for p in model.parameters())
@@ -45,8 +47,10 @@ def bench(name: str, subset: tuple[str, ...], size: int, batch: int, iters: int,
         inputs = {k: v.to(device).contiguous(memory_format=torch.channels_last) for k, v in inputs.items()}
         if compile_:
             model = torch.compile(model)
-    run = (lambda: predict(model, inputs, device=device, amp_dtype=amp, channels_last=cuda)) if not compile_ else (
-        lambda: _compiled(model, inputs, amp)
+    run = (
+        (lambda: predict(model, inputs, device=device, amp_dtype=amp, channels_last=cuda))
+        if not compile_
+        else (lambda: _compiled(model, inputs, amp))
     )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     run()  # warm-up
@@ -104,7 +108,17 @@ def main() -> None:
             rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, False))
             if args.compile and args.device == "cuda":
                 rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, True))
-    cols = ["model", "subset", "device", "dtype", "compiled", "params_m", "ms_per_batch", "mpx_per_s", "peak_mem_mb"]
+    cols = [
+        "model",
+        "subset",
+        "device",
+        "dtype",
+        "compiled",
+        "params_m",
+        "ms_per_batch",
+        "mpx_per_s",
+        "peak_mem_mb",
+    ]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

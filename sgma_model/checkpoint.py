@@ -87,7 +87,9 @@ class ModelCard:
     ) -> ModelCard:
         """A card for a model made by ``create_model``; modality/class entries as records or dicts."""
         if model.architecture is None:
-            raise CheckpointError("the model was not made by create_model; build it with create_model(name, ...)")
+            raise CheckpointError(
+                "the model was not made by create_model; build it with create_model(name, ...)"
+            )
         card = cls(
             architecture=model.architecture,
             arguments=_jsonable(model.arguments),
@@ -110,7 +112,9 @@ class ModelCard:
                 weights_sha256=data.get("weights_sha256"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"model card is incomplete or malformed ({exc!r}); re-save the checkpoint") from None
+            raise CheckpointError(
+                f"model card is incomplete or malformed ({exc!r}); re-save the checkpoint"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,7 +189,9 @@ class ModelCard:
                 f"card modalities {self.band_counts()} do not match the model's {model.band_counts}"
             )
         if len(self.classes) != model.num_classes:
-            raise CardMismatchError(f"card lists {len(self.classes)} classes, the model has {model.num_classes}")
+            raise CardMismatchError(
+                f"card lists {len(self.classes)} classes, the model has {model.num_classes}"
+            )
 
     def summary(self) -> str:
         """Human-readable multi-line description (``sgma-batch model info``)."""
@@ -257,7 +263,9 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     p = Path(path)
     card_path = p / CARD_FILE if p.is_dir() else p
     if not card_path.is_file():
-        raise CheckpointError(f"no {CARD_FILE} at {p}; give a checkpoint directory written by save_checkpoint")
+        raise CheckpointError(
+            f"no {CARD_FILE} at {p}; give a checkpoint directory written by save_checkpoint"
+        )
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -312,9 +320,13 @@ def load_checkpoint(
     card = read_card(path)
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {path}; give a checkpoint directory written by save_checkpoint")
+        raise CheckpointError(
+            f"no {WEIGHTS_FILE} in {path}; give a checkpoint directory written by save_checkpoint"
+        )
     if card.weights_sha256 is not None and _sha256_file(weights) != card.weights_sha256:
-        raise CardMismatchError(f"{weights} does not match the sha256 in its card; the files come from different saves")
+        raise CardMismatchError(
+            f"{weights} does not match the sha256 in its card; the files come from different saves"
+        )
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -66,7 +66,11 @@ def modality_dropout(
     b, _, h, w = first.shape
     dev = first.device
     base = {
-        n: (masks[n].bool() if masks is not None and n in masks else torch.ones(b, h, w, dtype=torch.bool, device=dev))
+        n: (
+            masks[n].bool()
+            if masks is not None and n in masks
+            else torch.ones(b, h, w, dtype=torch.bool, device=dev)
+        )
         for n in names
     }
     has = torch.stack([base[n].flatten(1).any(dim=1) for n in names], dim=1)  # (B, M)

@@ -88,7 +88,10 @@ class SharedEncoder(nn.Module):
         dims, depths = config.dims, config.depths
         self.stems = nn.ModuleDict({name: Stem(bands, dims[0]) for name, bands in modalities.items()})
         self.downsamples = nn.ModuleList(
-            [nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)) for i in range(3)]
+            [
+                nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2))
+                for i in range(3)
+            ]
         )
         self.stages = nn.ModuleList(
             [

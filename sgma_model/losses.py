@@ -54,5 +54,9 @@ class SGMALoss(torch.nn.Module):
 
     def forward(self, out: SegmentationOutput, target: Tensor) -> Tensor:
         return sgma_loss(
-            out, target, fused_weight=self.fused_weight, mas_weight=self.mas_weight, ignore_index=self.ignore_index
+            out,
+            target,
+            fused_weight=self.fused_weight,
+            mas_weight=self.mas_weight,
+            ignore_index=self.ignore_index,
         )

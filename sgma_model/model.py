@@ -102,7 +102,9 @@ class MultiModalSegmenter(nn.Module):
                 for f in self.feature_info
             ]
         )
-        self.decoder = AllMLPDecoder([f.channels for f in self.feature_info], decoder_dim, num_classes, dropout)
+        self.decoder = AllMLPDecoder(
+            [f.channels for f in self.feature_info], decoder_dim, num_classes, dropout
+        )
         # set by the registry's create_model: what a checkpoint card records
         self.architecture: str | None = None
         self.arguments: dict[str, Any] = {}
@@ -112,7 +114,9 @@ class MultiModalSegmenter(nn.Module):
         self, inputs: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[int, int, int]]:
         if not inputs:
-            raise InputShapeError("no modality in the inputs; give at least one of " + ", ".join(self.modalities))
+            raise InputShapeError(
+                "no modality in the inputs; give at least one of " + ", ".join(self.modalities)
+            )
         shape: tuple[int, int, int] | None = None
         xs: dict[str, Tensor] = {}
         ms: dict[str, Tensor] = {}
@@ -129,7 +133,9 @@ class MultiModalSegmenter(nn.Module):
             if shape is None:
                 shape = bhw
             elif bhw != shape:
-                raise InputShapeError(f"modality {name!r} has (B, H, W) {bhw}, others {shape}; co-register them")
+                raise InputShapeError(
+                    f"modality {name!r} has (B, H, W) {bhw}, others {shape}; co-register them"
+                )
             mask = None if masks is None else masks.get(name)
             if mask is None:
                 mask = torch.ones(bhw, dtype=torch.bool, device=x.device)
@@ -196,7 +202,7 @@ class MultiModalSegmenter(nn.Module):
             generator: torch.Generator for the MAS draw (on the inputs' device).
             return_features: also return per-modality per-stage encoder features.
         """
-        xs, ms, (b, h, w) = self._check_inputs(inputs, masks)
+        xs, ms, (_b, h, w) = self._check_inputs(inputs, masks)
         red = self.encoder.reduction
         ph, pw = (-h) % red, (-w) % red
         names = [n for n in self.modalities if n in xs and bool(ms[n].any())]
@@ -261,7 +267,9 @@ class MultiModalSegmenter(nn.Module):
             any_px = v0.any(dim=1).flatten(1).float().sum(dim=1).clamp_min(1.0)  # (B,)
             if self.mas_sampling == "softmin":
                 mean_r = robust0.float().flatten(2).sum(dim=2) / any_px.unsqueeze(1)  # (B, M')
-                inv = torch.where(present & (mean_r > 0), 1.0 / mean_r.clamp_min(1e-6), torch.zeros_like(mean_r))
+                inv = torch.where(
+                    present & (mean_r > 0), 1.0 / mean_r.clamp_min(1e-6), torch.zeros_like(mean_r)
+                )
             else:
                 inv = present.float()
             empty = inv.sum(dim=1, keepdim=True) <= 0

@@ -31,7 +31,9 @@ from sgma_model.losses import IGNORE_INDEX, masked_cross_entropy
 from sgma_model.model import SegmentationOutput
 
 
-def logit_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, valid: Tensor | None = None) -> Tensor:
+def logit_kd(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, valid: Tensor | None = None
+) -> Tensor:
     """KL(softmax(t/T) || softmax(s/T)) x T^2, summed over classes, mean over (valid) pixels."""
     t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)  # (B, K, H, W)
     s = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -41,7 +43,9 @@ def logit_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float 
     return (kl * valid).sum() / valid.sum().clamp_min(1) * temperature**2
 
 
-def class_prototypes(feat: Tensor, labels: Tensor, num_classes: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def class_prototypes(
+    feat: Tensor, labels: Tensor, num_classes: int, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Label-masked average pooling.
 
     Args:
@@ -95,7 +99,7 @@ def hpdm_loss(
     total, n = target.new_zeros((), dtype=torch.float32), 0
     for m, s_stages in student_feats.items():
         for i, fs in enumerate(s_stages):
-            b, _, h, w = fs.shape
+            h, w = fs.shape[-2:]
             labels = _resize_labels(target, (h, w))
             if student_masks is not None and m in student_masks:
                 valid = _resize_valid(student_masks[m], (h, w))
@@ -109,7 +113,9 @@ def hpdm_loss(
                 partner = m if m in teacher_feats else t_names[0]
             ft = teacher_feats[partner][i].detach()
             if ft.shape[1] != fs.shape[1]:
-                raise ValueError(f"stage {i}: student has {fs.shape[1]} channels, teacher {ft.shape[1]}; use equal sizes")
+                raise ValueError(
+                    f"stage {i}: student has {fs.shape[1]} channels, teacher {ft.shape[1]}; use equal sizes"
+                )
             ps, present = class_prototypes(fs, labels, num_classes, valid)
             pt, present_t = class_prototypes(ft, labels, num_classes)
             present = present & present_t
@@ -183,9 +189,18 @@ class RobustSegLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.ce_weight, self.kd_weight, self.hpdm_weight, self.rrm_weight = ce_weight, kd_weight, hpdm_weight, rrm_weight
+        self.ce_weight, self.kd_weight, self.hpdm_weight, self.rrm_weight = (
+            ce_weight,
+            kd_weight,
+            hpdm_weight,
+            rrm_weight,
+        )
         self.rrm_inner, self.temperature, self.hpdm_temperature = rrm_inner, temperature, hpdm_temperature
-        self.cross_modal_prob, self.rrm_samples, self.ignore_index = cross_modal_prob, rrm_samples, ignore_index
+        self.cross_modal_prob, self.rrm_samples, self.ignore_index = (
+            cross_modal_prob,
+            rrm_samples,
+            ignore_index,
+        )
 
     def forward(
         self,
@@ -211,6 +226,14 @@ class RobustSegLoss(nn.Module):
             temperature=self.hpdm_temperature,
             generator=generator,
         )
-        rrm = self.rrm_inner * rrm_loss(student.features, teacher.features, n_samples=self.rrm_samples, generator=generator)
+        rrm = self.rrm_inner * rrm_loss(
+            student.features, teacher.features, n_samples=self.rrm_samples, generator=generator
+        )
         total = self.ce_weight * ce + self.kd_weight * kd + self.hpdm_weight * hpdm + self.rrm_weight * rrm
-        return {"loss": total, "ce": ce.detach(), "kd": kd.detach(), "hpdm": hpdm.detach(), "rrm": rrm.detach()}
+        return {
+            "loss": total,
+            "ce": ce.detach(),
+            "kd": kd.detach(),
+            "hpdm": hpdm.detach(),
+            "rrm": rrm.detach(),
+        }

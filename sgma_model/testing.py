@@ -21,9 +21,7 @@ BANDS = {
     "s1": ("vv", "vh"),
     "dem": ("elevation",),
 }
-SUBSETS = [
-    tuple(c) for r in range(1, len(MODALITIES) + 1) for c in itertools.combinations(MODALITIES, r)
-]
+SUBSETS = [tuple(c) for r in range(1, len(MODALITIES) + 1) for c in itertools.combinations(MODALITIES, r)]
 
 
 def make_inputs(subset, b=2, h=64, w=64, seed=0):
@@ -35,8 +33,12 @@ def card_modalities():
     return [
         {
             "name": m,
-            "collection_hint": {"s2": "sentinel-2-c1-l2a", "s1": "sentinel-1-rtc", "dem": "cop-dem-glo-30"}[m],
-            "bands": [{"name": b, "common_name": b, "mean": 0.1 * i, "std": 1.0 + i} for i, b in enumerate(BANDS[m])],
+            "collection_hint": {"s2": "sentinel-2-c1-l2a", "s1": "sentinel-1-rtc", "dem": "cop-dem-glo-30"}[
+                m
+            ],
+            "bands": [
+                {"name": b, "common_name": b, "mean": 0.1 * i, "std": 1.0 + i} for i, b in enumerate(BANDS[m])
+            ],
         }
         for m in MODALITIES
     ]
@@ -84,7 +86,13 @@ def miou(conf) -> float:
 
 
 def train_and_evaluate(
-    name: str, seed: int, steps: int = 60, batch: int = 16, size: int = 32, lr: float = 3e-3, subset_prob: float = 0.3
+    name: str,
+    seed: int,
+    steps: int = 60,
+    batch: int = 16,
+    size: int = 32,
+    lr: float = 3e-3,
+    subset_prob: float = 0.3,
 ):
     """Train ``name`` on the synthetic task with modality dropout; mIoU per modality subset on held-out data."""
     from sgma_model.dropout import modality_dropout

@@ -40,12 +40,17 @@ def test_round_trip_is_bitwise(tmp_path):
 
 
 def test_card_contents_and_helpers(tmp_path):
-    _, saved, path = _save(tmp_path)
+    _, _, path = _save(tmp_path)
     data = json.loads((path / "card.json").read_text())
     assert data["architecture"] == "sgma_tiny"
     assert data["arguments"]["modalities"] == MODALITIES
     assert [c["name"] for c in data["classes"]] == [c[0] for c in CLASSES]
-    assert data["modalities"][0]["bands"][0] == {"name": "blue", "common_name": "blue", "mean": 0.0, "std": 1.0}
+    assert data["modalities"][0]["bands"][0] == {
+        "name": "blue",
+        "common_name": "blue",
+        "mean": 0.0,
+        "std": 1.0,
+    }
     card = read_card(path)
     assert card.band_names("s1") == BANDS["s1"]
     x = np.ones((2, 4, 4), dtype=np.float32)
@@ -98,7 +103,9 @@ def test_card_with_other_band_count_names_the_tensor(tmp_path):
     data = json.loads((path / "card.json").read_text())
     mods = data["modalities"]
     mods[1]["bands"].append({"name": "hh", "common_name": None, "mean": 0.0, "std": 1.0})
-    _rewrite(path, arguments={**data["arguments"], "modalities": {"s2": 10, "s1": 3, "dem": 1}}, modalities=mods)
+    _rewrite(
+        path, arguments={**data["arguments"], "modalities": {"s2": 10, "s1": 3, "dem": 1}}, modalities=mods
+    )
     with pytest.raises(CardMismatchError, match=r"encoder\.stems\.s1\.conv\.weight"):
         load_checkpoint(path)
 

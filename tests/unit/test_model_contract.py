@@ -7,7 +7,6 @@ import torch
 
 from sgma_model import create_model, list_models
 from sgma_model.errors import BandMismatchError, InputShapeError, UnknownModelError
-
 from sgma_model.testing import MODALITIES, SUBSETS, make_inputs
 
 torch.set_num_threads(1)

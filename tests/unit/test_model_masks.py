@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from sgma_model import create_model, list_models
-
 from sgma_model.testing import MODALITIES, make_inputs
 
 torch.set_num_threads(1)
@@ -32,7 +31,9 @@ def test_masked_values_change_nothing(name):
     masks = _random_masks(b, h, w, 1)
     with torch.no_grad():
         ref = model(inputs, masks)
-        noisy = {m: torch.where(masks[m].unsqueeze(1), x, 1e3 * torch.randn_like(x)) for m, x in inputs.items()}
+        noisy = {
+            m: torch.where(masks[m].unsqueeze(1), x, 1e3 * torch.randn_like(x)) for m, x in inputs.items()
+        }
         out = model(noisy, masks)
     assert torch.equal(ref.logits, out.logits)
     assert torch.equal(ref.robustness, out.robustness)
@@ -84,7 +85,9 @@ def test_absent_modality_is_not_encoded():
     calls: dict[str, int] = {m: 0 for m in MODALITIES}
     for m in MODALITIES:
         model.encoder.stems[m].register_forward_hook(lambda *_a, m=m: calls.__setitem__(m, calls[m] + 1))
-        model.fusions[0].projectors[m].register_forward_hook(lambda *_a, m=m: calls.__setitem__(m, calls[m] + 1))
+        model.fusions[0].projectors[m].register_forward_hook(
+            lambda *_a, m=m: calls.__setitem__(m, calls[m] + 1)
+        )
     inputs = make_inputs(tuple(MODALITIES), 2, 32, 32)
     masks = {"dem": torch.zeros(2, 32, 32, dtype=torch.bool)}  # given but fully masked
     with torch.no_grad():

@@ -42,7 +42,9 @@ def test_losses_zero_for_identical_student_and_positive_otherwise():
     s_out = student(inputs, return_features=True)
     assert logit_kd(s_out.logits, t_out.logits).item() == 0.0
     g = torch.Generator().manual_seed(0)
-    assert hpdm_loss(s_out.features, t_out.features, target, 4, cross_modal_prob=0.0, generator=g).item() == 0.0
+    assert (
+        hpdm_loss(s_out.features, t_out.features, target, 4, cross_modal_prob=0.0, generator=g).item() == 0.0
+    )
 
     with torch.no_grad():
         for p in student.parameters():
@@ -72,8 +74,14 @@ def test_cross_modal_pairing_and_rrm_are_finite_at_equality():
     with torch.no_grad():
         t_out = teacher(inputs, return_features=True)
     s_out = student(inputs, return_features=True)
-    cross = hpdm_loss(s_out.features, t_out.features, target, 4, cross_modal_prob=1.0,
-                      generator=torch.Generator().manual_seed(3))
+    cross = hpdm_loss(
+        s_out.features,
+        t_out.features,
+        target,
+        4,
+        cross_modal_prob=1.0,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.isfinite(cross) and cross > 0  # other modalities' prototypes differ
     r = rrm_loss(s_out.features, t_out.features, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(r) and r > 0

@@ -41,7 +41,11 @@ def test_sgma_loss_weights_and_ignore():
         out.mas_logits, target, ignore_index=255
     )
     assert torch.allclose(sgma_loss(out, target), expect, atol=1e-5)
-    assert torch.allclose(sgma_loss(out, target, mas_weight=0.0), expect - F.cross_entropy(out.mas_logits, target, ignore_index=255), atol=1e-5)
+    assert torch.allclose(
+        sgma_loss(out, target, mas_weight=0.0),
+        expect - F.cross_entropy(out.mas_logits, target, ignore_index=255),
+        atol=1e-5,
+    )
     empty = sgma_loss(out, torch.full_like(target, 255))
     assert empty.item() == 0.0
     empty.backward()
