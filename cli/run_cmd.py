@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -66,7 +67,10 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             _print_plan(plan_run(spec), as_json)
             return
-        with _Progress(enabled=sys.stderr.isatty(), px_km2=res * res / 1e6) as bar:
+        # Ray's driver prints worker/raylet notices ("(raylet) A worker died ...") on stdout; keep stdout
+        # for the machine output (--json) alone.
+        with _Progress(enabled=sys.stderr.isatty(), px_km2=res * res / 1e6) as bar, \
+                contextlib.redirect_stdout(sys.stderr):
             summary = run_mosaic(spec, progress=bar.update)
         if as_json:
             typer.echo(json.dumps(summary.to_dict()))
