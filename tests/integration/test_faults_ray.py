@@ -1,0 +1,133 @@
+"""Process loss on real local Ray: the `sgma-batch run` driver SIGKILLed mid-run, and Ray worker processes
+(the inference actor, which also runs the fused read step) killed mid-run. Every case must end with a
+store bitwise identical to an undisturbed run, and a rerun after a driver loss recomputes only the tiles
+that had not been committed (the summary says how many).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reliability_helpers as rh
+import run_archive
+
+from sgma_batch.run import RunSpec, run_mosaic
+
+pytestmark = pytest.mark.integration
+
+TILE_PX, HALO_PX = 32, 16  # ~80 small tiles: a run lasts long enough to be interrupted between commits
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return rh.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=2)
+
+
+@pytest.fixture(scope="module")
+def reference(archive, checkpoint, tmp_path_factory) -> Path:
+    """An undisturbed run of the same job (in-process, sequential: bitwise equal to Ray by design)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    s = run_mosaic(RunSpec(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
+                           catalog=str(archive), model=str(checkpoint), tile_px=TILE_PX, halo_px=HALO_PX,
+                           executor="sequential"))
+    assert s.computed == s.tiles > 40 and s.exit_code == 0
+    return out
+
+
+def _args(archive: Path, checkpoint: Path, out: Path) -> list[str]:
+    bbox = ",".join(f"{v:.6f}" for v in run_archive.aoi_lonlat())
+    return ["run", "--aoi", bbox, "--start", "2024-06-01", "--end", "2024-06-30", "--catalog", str(archive),
+            "--model", str(checkpoint), "--tile-px", str(TILE_PX), "--halo-px", str(HALO_PX), "--out", str(out),
+            "--json"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(rh.cli_args(*args), env=rh.cli_env(), cwd=rh.REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _committed(out: Path) -> int:
+    d = out / "manifest"
+    return sum(1 for _ in d.glob("*.json")) if d.is_dir() else 0
+
+
+def test_driver_sigkill_then_rerun_recomputes_only_uncommitted_tiles(archive, checkpoint, reference, tmp_path):
+    out = tmp_path / "killed.zarr"
+    total = len(rh.manifest(reference))
+    proc = _start(_args(archive, checkpoint, out))
+    tree: list[int] = []
+    try:
+        rh.wait_for(lambda: _committed(out) >= 3 or proc.poll() is not None, 240, "the first committed tiles")
+        assert proc.poll() is None, "the run finished before it could be killed"
+        tree = rh.descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)  # the driver only; its local Ray goes down with it
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+        rh.kill_pids(tree)  # whatever of that Ray instance outlived its driver (processes this test started)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = _committed(out)
+    assert 3 <= done_before < total
+    assert not (out / "item.json").exists()  # the finish step never ran: a half-written store
+
+    r = rh.cli(*_args(archive, checkpoint, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["tiles"] == total
+    assert summary["reused"] == done_before and summary["computed"] == total - done_before
+    rh.assert_same_store(reference, out)
+    assert (out / "item.json").exists()
+
+
+def test_worker_loss_mid_run_completes_bitwise_identical(ray_local, archive, checkpoint, reference, tmp_path):
+    """Kill the process of an inference actor, then the worker of a running read task, while
+    ``run_mosaic`` runs on the session's local Ray (2 actors at half a CPU each, reads as separate tasks)."""
+    import os
+    import threading
+
+    out = tmp_path / "workers.zarr"
+    total = len(rh.manifest(reference))
+    killed: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+
+    def running(title: str) -> tuple[int, str] | None:
+        for p in rh.descendants(os.getpid()):
+            c = rh.cmdline(p)
+            if c.startswith("ray::") and title in c and p not in {k for k, _ in killed}:
+                return p, c
+        return None
+
+    def chaos() -> None:
+        try:
+            for after, title in ((3, "_RayPredictor"), (12, "ray::Map(_read_row)")):
+                rh.wait_for(lambda n=after: _committed(out) >= n, 240, f"{after} committed tiles")
+                victim = rh.wait_for(lambda t=title: running(t), 60, f"a process running {title}", poll=0.005)
+                rh.kill_pids([victim[0]])
+                killed.append(victim)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    watcher = threading.Thread(target=chaos, daemon=True)
+    watcher.start()
+    s = run_mosaic(RunSpec(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
+                           catalog=str(archive), model=str(checkpoint), tile_px=TILE_PX, halo_px=HALO_PX,
+                           max_actors=2))
+    watcher.join(timeout=60)
+    assert not errors, errors
+    assert [c.split("(")[0] for _, c in killed] == ["ray::MapWorker", "ray::Map"], killed
+    assert s.tiles == total and s.failed == 0 and s.degraded == 0 and s.exit_code == 0
+    assert len(rh.manifest(out)) == total
+    rh.assert_same_store(reference, out)
