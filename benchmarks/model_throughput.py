@@ -1,6 +1,7 @@
 """Model throughput: parameters, forward Mpx/s and peak memory per variant and modality subset.
 
-CPU: fp32 forward in eval mode, peak memory as the growth of the process's max RSS (coarse).
+CPU: fp32 forward in eval mode, one thread by default (stable when other processes share the CPU); each
+row runs in a fresh subprocess so that peak memory = growth of max RSS over the forward passes.
 CUDA (when available): bf16 autocast + channels_last, optionally torch.compile; peak memory from
 torch.cuda.max_memory_allocated. Prints a table and writes benchmarks/results/model_throughput.json.
 
@@ -14,6 +15,9 @@ import itertools
 import json
 import platform
 import resource
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,12 +61,14 @@ def bench(
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(iters):
+    times = []
+    for _ in range(iters):  # median of single runs: robust to other processes sharing the CPU
+        t0 = time.perf_counter()
         run()
-    if cuda:
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / iters
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
     peak_mb = (
         torch.cuda.max_memory_allocated() / 2**20
         if cuda
@@ -95,19 +101,45 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--all-subsets", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--one", nargs=3, metavar=("MODEL", "SUBSET", "COMPILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.one:  # child process: one row as JSON on stdout
+        name, subset, comp = args.one
+        row = bench(
+            name, tuple(subset.split("+")), args.size, args.batch, args.iters, args.device, comp == "1"
+        )
+        print(json.dumps(row))
+        return
     rows = []
     for name in args.variants:
         for subset in _subsets(args.all_subsets):
-            rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, False))
-            if args.compile and args.device == "cuda":
-                rows.append(bench(name, subset, args.size, args.batch, args.iters, args.device, True))
+            for comp in ("0", "1") if args.compile and args.device == "cuda" else ("0",):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    "+".join(subset),
+                    comp,
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                    "--iters",
+                    str(args.iters),
+                    "--threads",
+                    str(args.threads),
+                    "--device",
+                    args.device,
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     cols = [
         "model",
         "subset",
