@@ -318,7 +318,8 @@ def load_checkpoint(
     from sgma_model.registry import create_model
 
     card = read_card(path)
-    weights = Path(path) / WEIGHTS_FILE
+    base = Path(path) if Path(path).is_dir() else Path(path).parent  # a directory or its card.json
+    weights = base / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(
             f"no {WEIGHTS_FILE} in {path}; give a checkpoint directory written by save_checkpoint"

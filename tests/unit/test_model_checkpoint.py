@@ -28,6 +28,7 @@ def test_round_trip_is_bitwise(tmp_path):
     model, saved, path = _save(tmp_path, dropout=0.0)
     assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.safetensors"]
     loaded, card = load_checkpoint(path)
+    assert load_checkpoint(path / "card.json")[1] == card
     assert card == saved and card.model_hash == saved.model_hash and len(card.model_hash) == 64
     assert loaded.architecture == "sgma_tiny" and loaded.arguments == model.arguments
     inputs = make_inputs(("s2", "dem"), 2, 64, 64)
