@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["BlendResult", "Predict", "blend_windows", "hann_weight", "window_starts"]
+__all__ = ["BlendResult", "Predict", "blend_windows", "hann_weight", "lattice_starts", "window_starts"]
 
 # predict(inputs {m: (B, C, h, w)}, masks {m: (B, h, w) bool}) -> (probs (B, K, h, w), robustness
 # (B, M, h, w), valid (B, h, w) bool)
@@ -40,6 +40,26 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def lattice_starts(size: int, window: int, stride: int, *, offset: int, lo: int, hi: int) -> list[int]:
+    """Starts of the windows on a global lattice that touch ``[lo, hi)`` of a tile of ``size`` px.
+
+    The lattice is every ``stride`` px of the whole output grid; ``offset`` is the tile's first pixel in
+    grid coordinates, so a window starts at ``s`` when ``(s + offset) % stride == 0``. Every tile then
+    places its windows exactly where a single whole-area sliding-window pass would, and neighbouring
+    tiles agree at their shared border. Windows that would leave the tile (halo narrower than
+    ``window - stride``, or the grid's edge) are clamped inside it, so ``[lo, hi)`` is always covered.
+    """
+    if size <= window:
+        return [0]
+    first = lo - window + 1  # the leftmost start of a window that still contains pixel lo
+    s = first + (-(first + offset)) % stride
+    starts = []
+    while s < hi:
+        starts.append(min(max(s, 0), size - window))
+        s += stride
+    return sorted(set(starts))
+
+
 def hann_weight(window_px: int) -> torch.Tensor:
     """Separable (window, window) Hann weight, strictly positive (sampled at pixel centres)."""
     i = torch.arange(window_px, dtype=torch.float64)
@@ -56,6 +76,7 @@ def blend_windows(
     overlap_px: int,
     crop: tuple[slice, slice] | None = None,
     max_batch: int = 16,
+    origin: tuple[int, int] | None = None,
 ) -> BlendResult:
     """Predict a halo tile window by window and blend the windows' outputs.
 
@@ -68,6 +89,10 @@ def blend_windows(
         crop: (rows, cols) of the core inside the halo tile; default the whole tile.
         max_batch: windows per forward call. The windows of one tile are always batched the same
             way, so a tile's result does not depend on which other tiles run beside it.
+        origin: (row, col) of the tile's first pixel in the output grid. When given, windows sit on the
+            grid-wide lattice (see :func:`lattice_starts`) and only those touching ``crop`` are
+            predicted: with a halo of at least ``window - stride`` and cores on the lattice, the tiled
+            result equals one sliding-window pass over the whole area (no seam at chunk borders).
     """
     if not inputs:
         raise ValueError("blend_windows needs at least one present modality")
@@ -80,7 +105,13 @@ def blend_windows(
         inputs = {m: torch.nn.functional.pad(x, (0, pw - w, 0, ph - h)) for m, x in inputs.items()}
         masks = {m: torch.nn.functional.pad(v, (0, pw - w, 0, ph - h), value=False) for m, v in masks.items()}
     stride = window_px - overlap_px
-    boxes = [(y, x) for y in window_starts(ph, window_px, stride) for x in window_starts(pw, window_px, stride)]
+    rows, cols = crop if crop is not None else (slice(0, h), slice(0, w))
+    if origin is None:
+        ys, xs = window_starts(ph, window_px, stride), window_starts(pw, window_px, stride)
+    else:
+        ys = lattice_starts(ph, window_px, stride, offset=origin[0], lo=rows.start or 0, hi=rows.stop)
+        xs = lattice_starts(pw, window_px, stride, offset=origin[1], lo=cols.start or 0, hi=cols.stop)
+    boxes = [(y, x) for y in ys for x in xs]
     weight = hann_weight(window_px).to(any_x.device)  # (W, W)
     prob_acc = rob_acc = None
     valid_acc = torch.zeros((ph, pw), dtype=torch.bool, device=any_x.device)
@@ -101,10 +132,9 @@ def blend_windows(
             wsum[sl] += weight
             valid_acc[sl] |= valid[i].bool()
     assert prob_acc is not None and rob_acc is not None
-    prob = prob_acc / wsum  # (K, H, W)
-    rob = rob_acc / wsum  # (M, H, W)
-    rows, cols = crop if crop is not None else (slice(0, h), slice(0, w))
-    return BlendResult(prob[:, rows, cols], rob[:, rows, cols], valid_acc[rows, cols])
+    prob = prob_acc[:, rows, cols] / wsum[rows, cols]  # (K, h, w) of the crop
+    rob = rob_acc[:, rows, cols] / wsum[rows, cols]  # (M, h, w)
+    return BlendResult(prob, rob, valid_acc[rows, cols])
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

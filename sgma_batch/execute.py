@@ -138,8 +138,9 @@ class TileRunner:
         crop = (slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
         xs = {m: torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for m, x in tile.inputs.items()}
         ms = {m: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for m, v in tile.masks.items()}
+        origin = (task.region[0].start - pad_y, task.region[1].start - pad_x)  # halo's first pixel in the grid
         res = blend_windows(self._predict, xs, ms, window_px=self.cfg.window_px, overlap_px=self.cfg.overlap_px,
-                            crop=crop, max_batch=self.cfg.max_batch)
+                            crop=crop, max_batch=self.cfg.max_batch, origin=origin)
         for i, m in enumerate(mods):
             if m in tile.masks:
                 mask_bits |= (tile.masks[m][crop].astype(np.uint8) << i)

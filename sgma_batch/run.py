@@ -94,6 +94,7 @@ def _output_config(spec: RunSpec, aoi_wkb: bytes) -> dict[str, Any]:
     return {
         "res_m": spec.res_m, "crs": spec.crs, "tile_px": spec.tile_px, "halo_px": spec.halo_px,
         "window_px": spec.window_px, "overlap_px": spec.overlap_px, "probability": spec.write_probability,
+        "windows": "grid-lattice",  # window placement (sgma_batch.blend.lattice_starts)
         "aoi": hashlib.sha256(aoi_wkb).hexdigest(), "start": spec.start, "end": spec.end,
     }
 
@@ -311,7 +312,7 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
     Raises:
         NothingFoundError, StoreIncompatibleError: as :func:`run_mosaic`.
     """
-    from sgma_batch.blend import window_starts
+    from sgma_batch.blend import lattice_starts
     from sgma_batch.store import check_store, read_manifest, tile_records_done
 
     prep = _prepare(spec)
@@ -331,10 +332,14 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
                 n = sum(_asset_bytes(a, m, t.halo) for b, a in scene.assets.items())
                 upper += n
                 best += n if i == 0 else 0
-        if t.signature:
-            h, w = (max(v, spec.window_px) for v in t.halo.shape.yx)
+        if t.signature:  # the windows TileRunner.infer predicts: on the grid lattice, touching the core
             stride = spec.window_px - spec.overlap_px
-            windows += len(window_starts(h, spec.window_px, stride)) * len(window_starts(w, spec.window_px, stride))
+            n = 1
+            for size, core, start in zip(t.halo.shape.yx, t.core.shape.yx, (t.region[0].start, t.region[1].start)):
+                pad = (size - core) // 2
+                n *= len(lattice_starts(max(size, spec.window_px), spec.window_px, stride, offset=start - pad,
+                                        lo=pad, hi=pad + core))
+            windows += n
     rate = _measure_model(prep.model_path, spec.window_px, min(spec.batch_size * 4, 8), spec.threads) \
         if measure and todo else None
     g = prep.geobox

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgma_batch.blend import blend_windows, hann_weight, window_starts
+from sgma_batch.blend import blend_windows, hann_weight, lattice_starts, window_starts
 
 
 def linear_predict(xb, mb):
@@ -98,3 +98,48 @@ def test_small_tile_is_padded_and_cropped():
     res = blend_windows(linear_predict, x, m, window_px=64, overlap_px=16)
     assert res.probability.shape == (2, 40, 50)
     torch.testing.assert_close(res.probability[0], (x["s2"][0] + 1) / 4, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size,window,stride,offset,lo,hi", [
+    (176, 64, 32, -24, 24, 152), (176, 64, 48, 104, 24, 152), (96, 64, 32, 0, 0, 96), (150, 64, 40, 7, 10, 140),
+])
+def test_lattice_starts_sit_on_the_grid_lattice_and_cover_the_core(size, window, stride, offset, lo, hi):
+    starts = lattice_starts(size, window, stride, offset=offset, lo=lo, hi=hi)
+    covered = torch.zeros(size, dtype=torch.bool)
+    for s in starts:
+        assert 0 <= s <= size - window
+        covered[s : s + window] = True
+        assert s + window > lo and s < hi  # every window touches the core
+    assert covered[lo:hi].all()
+    inside = [s for s in starts if 0 < s < size - window]  # not clamped at the tile's edge
+    assert all((s + offset) % stride == 0 for s in inside)
+
+
+def window_mean_predict(xb, mb):
+    """Depends on the whole window (like SGMA's soft prototypes): p0 = sigmoid(a + mean of the window)."""
+    a = xb["s2"][:, 0]  # (B, W, W)
+    p0 = torch.sigmoid(a + a.mean(dim=(1, 2), keepdim=True))
+    return torch.stack([p0, 1 - p0], 1), torch.stack([mb["s2"].float()], 1), mb["s2"]
+
+
+def test_lattice_windows_make_tiles_equal_one_whole_area_pass():
+    g = torch.Generator().manual_seed(1)
+    core, halo, size, window, overlap = 96, 40, 192, 64, 32  # halo >= window - stride, not on the lattice
+    image = torch.rand(1, size + 2 * halo, size + 2 * halo, generator=g) * 2 - 1
+    mask = torch.ones(size + 2 * halo, size + 2 * halo, dtype=torch.bool)
+    whole = blend_windows(window_mean_predict, {"s2": image}, {"s2": mask}, window_px=window, overlap_px=overlap,
+                          crop=(slice(halo, halo + size), slice(halo, halo + size)), origin=(-halo, -halo))
+    for lattice in (True, False):
+        mosaic = torch.empty(2, size, size)
+        for ty in range(0, size, core):
+            for tx in range(0, size, core):
+                tile = image[:, ty : ty + core + 2 * halo, tx : tx + core + 2 * halo]
+                res = blend_windows(window_mean_predict, {"s2": tile}, {"s2": mask[: core + 2 * halo, : core + 2 * halo]},
+                                    window_px=window, overlap_px=overlap,
+                                    crop=(slice(halo, halo + core), slice(halo, halo + core)),
+                                    origin=(ty - halo, tx - halo) if lattice else None)
+                mosaic[:, ty : ty + core, tx : tx + core] = res.probability
+        if lattice:
+            torch.testing.assert_close(mosaic, whole.probability, atol=1e-6, rtol=0)
+        else:  # tile-local windows: a window-dependent predictor shows a difference (the seam risk)
+            assert (mosaic - whole.probability).abs().max() > 1e-3
