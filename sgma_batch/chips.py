@@ -449,6 +449,24 @@ def _crop_to_aoi(gbox: Any, aoi_geometry: Any) -> tuple[Any, int, int]:
     return gbox[r0:r1, c0:c1], r0, c0
 
 
+def _search(search_scenes: Any, catalog: Any, area: Any, start: str, end: str, modalities: Sequence[str]) -> dict:
+    """Scenes per modality; static modalities (DEM) are searched without the time window.
+
+    Adapter: ``search_scenes`` filters every collection by the window, but a DEM item carries its
+    production date (e.g. 2021), and ``colocate.plan_cell`` ignores the window for static modalities.
+    """
+    from sgma_batch.colocate import STATIC_MODALITIES
+
+    timed = [m for m in modalities if m not in STATIC_MODALITIES]
+    static = [m for m in modalities if m in STATIC_MODALITIES]
+    out: dict[str, list] = {}
+    if timed:
+        out.update(search_scenes(catalog, area, start, end, modalities=timed, allow_empty=True))
+    if static:
+        out.update(search_scenes(catalog, area, "1970-01-01", "2100-01-01", modalities=static, allow_empty=True))
+    return {m: list(v) for m, v in out.items() if m in modalities}
+
+
 def export_chips(
     *,
     catalog: str | Path,
@@ -492,8 +510,7 @@ def export_chips(
 
         classes = [{"name": n, "color": c} for n, c in CLASSES]
     area = aoi if isinstance(aoi, AOI) else load_aoi(aoi)
-    scenes = search_scenes(catalog, area, start, end)
-    scenes = {m: v for m, v in scenes.items() if m in modalities}
+    scenes = _search(search_scenes, catalog, area, start, end, modalities)
     grid, r_off, c_off = _crop_to_aoi(label_geobox(labels), area.geometry)
     h, w = grid.shape
     windows = chip_windows(h, w, chip_px=chip_px, block_px=block_px, guard_px=guard_px,
