@@ -157,8 +157,12 @@ def plan_acquisitions(seed: int, days: Sequence[date], geobox: GeoBox) -> list[A
                 key=field_key(seed, f"radar-{day.isoformat()}"), wind_db=float(rng.uniform(0.0, 4.0)),
                 soil_moisture_db=float(rng.uniform(-1.0, 1.0)), edge=s1_edge,
             )
-            hour = time(5, 12, 4) if orbit == "descending" else time(16, 58, 40)
-            s1_time = datetime.combine(day + timedelta(days=1), hour, tzinfo=timezone.utc)
+            # Descending passes in the morning of the same day, ascending ones the evening before: every
+            # S1 scene falls within the calendar days of the S2 dates.
+            if orbit == "descending":
+                s1_time = datetime.combine(day, time(5, 12, 4), tzinfo=timezone.utc)
+            else:
+                s1_time = datetime.combine(day - timedelta(days=1), time(16, 58, 40), tzinfo=timezone.utc)
         else:
             rng.uniform(size=4)  # keep the stream aligned whatever the pattern
         plans.append(Acquisition(i, s2_time, optical, s1_time, radar, orbit))

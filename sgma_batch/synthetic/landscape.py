@@ -103,26 +103,21 @@ def _parcels(x_m: np.ndarray, y_m: np.ndarray, seed: int) -> tuple[np.ndarray, n
         (parcel value in [0, 1), margin mask) both (H, W).
     """
     angle = np.deg2rad(-25.0 + 50.0 * float(hash_uniform(np.array(0), np.array(0), field_key(seed, "angle"))))
-    ca, sa = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    x = x_m.astype(np.float32)[None, :]
-    y = y_m.astype(np.float32)[:, None]
-    # Local coordinates relative to a shifted origin keep float32 precise enough at metre scale.
-    x = x - np.float32(np.floor(float(x_m[0]) / 1e5) * 1e5)
-    y = y - np.float32(np.floor(float(y_m[0]) / 1e5) * 1e5)
-    u = x * ca + y * sa
-    v = -x * sa + y * ca
+    # float64 map coordinates: the layout must not depend on where a window starts.
+    x = np.asarray(x_m, dtype=np.float64)[None, :]
+    y = np.asarray(y_m, dtype=np.float64)[:, None]
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = -x * np.sin(angle) + y * np.cos(angle)
     key = field_key(seed, "parcels")
-    col_w = np.float32(260.0)
+    col_w = 260.0
     col = np.floor(u / col_w).astype(np.int64)
-    shift = hash_uniform(col, np.zeros_like(col), key).astype(np.float32) * np.float32(900.0)
-    length = np.float32(140.0) + hash_uniform(col, np.ones_like(col), key).astype(np.float32) * np.float32(320.0)
+    shift = hash_uniform(col, np.zeros_like(col), key) * 900.0
+    length = 140.0 + hash_uniform(col, np.ones_like(col), key) * 320.0
     vv = v + shift
     row = np.floor(vv / length).astype(np.int64)
     parcel = hash_uniform(col, row, key + 5).astype(np.float32)
     # Field margins (tracks, hedges): the outer ~10 m of every parcel.
-    du = u - col.astype(np.float32) * col_w
-    dv = vv - row.astype(np.float32) * length
-    margin = (du < 8.0) | (dv < 8.0)
+    margin = ((u - col * col_w) < 8.0) | ((vv - row * length) < 8.0)
     return parcel, margin
 
 
