@@ -37,6 +37,7 @@ from sgma_batch.errors import (
     CatalogError,
     CatalogUnreachableError,
     InvalidTimeWindowError,
+    ModalityMismatchError,
     NothingFoundError,
     TooManyItemsError,
     UnknownCollectionError,
@@ -59,6 +60,9 @@ MODALITY_PREFERENCE: Mapping[str, tuple[str, ...]] = {
     "dem": ("cop-dem-glo-30", "cop-dem-glo-90"),
 }
 _DEFAULT_PROFILE = {"s2": "s2-l2a", "s1": "s1-rtc", "dem": "dem-glo30"}
+# Modalities whose items describe the ground, not an acquisition (a DEM is dated by its production,
+# e.g. 2021 for GLO-30): searched without the time window, so any window finds them.
+TIMELESS_MODALITIES: frozenset[str] = frozenset({"dem"})
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,12 @@ def select_collections(
                 chosen[mod] = CollectionChoice(mod, cid, profile_for_collection(cid).name)
                 break
     if not chosen:
+        offered = [m for m in MODALITIES if any(c in avail for c in MODALITY_PREFERENCE.get(m, ()))]
+        if modalities is not None and offered:
+            raise ModalityMismatchError(
+                f"the model needs {', '.join(wanted)} but {catalog} offers only {', '.join(offered)}; "
+                "use a model trained for those modalities or another catalogue"
+            )
         raise UnknownCollectionError(
             f"{catalog} offers no collection sgma-batch recognises (available: {', '.join(avail) or 'none'}); "
             f"map them with --collections s2=<id>,s1=<id>,dem=<id>"
@@ -308,9 +318,14 @@ class StaticCatalog:
     def items(self) -> Iterator[dict[str, Any]]:
         yield from self._items or []
 
-    def search(self, collection: str, aoi: BaseGeometry, start: datetime, end: datetime) -> Iterator[dict[str, Any]]:
+    def search(
+        self, collection: str, aoi: BaseGeometry, start: datetime | None, end: datetime | None
+    ) -> Iterator[dict[str, Any]]:
+        """Items of ``collection`` intersecting ``aoi`` and overlapping the window (no window: any time)."""
         for item in self.items():
-            if item.get("collection") == collection and _intersects(item, aoi) and _overlaps(item, start, end):
+            if item.get("collection") != collection or not _intersects(item, aoi):
+                continue
+            if start is None or end is None or _overlaps(item, start, end):
                 yield item
 
 
@@ -360,8 +375,8 @@ def _api_search(
     url: str,
     choice: CollectionChoice,
     aoi: AOI,
-    start: datetime,
-    end: datetime,
+    start: datetime | None,
+    end: datetime | None,
     query: Mapping[str, Any] | None,
     filter_: Mapping[str, Any] | None,
     max_items: int,
@@ -373,10 +388,11 @@ def _api_search(
     kwargs: dict[str, Any] = {
         "collections": [choice.collection],
         "intersects": aoi.geojson,
-        "datetime": f"{_rfc3339(start)}/{_rfc3339(end)}",
         "limit": page_size,
         "max_items": max_items + 1,
     }
+    if start is not None and end is not None:
+        kwargs["datetime"] = f"{_rfc3339(start)}/{_rfc3339(end)}"
     if query and client.conforms_to(ConformanceClasses.QUERY):
         kwargs["query"] = dict(query)
     local_filter = None
@@ -430,7 +446,8 @@ def search_scenes(
         catalog: a STAC API URL or a local static catalogue path (catalog.json, collection.json, or an
             item-collection JSON file).
         aoi: an :class:`AOI` (or a lon/lat shapely geometry / GeoJSON mapping).
-        start, end: the closed time window (dates or RFC 3339).
+        start, end: the closed time window (dates or RFC 3339); modalities in
+            ``TIMELESS_MODALITIES`` (the DEM) are searched without it.
         collections: per-modality overrides, ``{"s2": "sentinel-2-l2a"}`` or ``"s2=...,s1=..."``.
         query: STAC query-extension dict, global or keyed by modality.
         filter: CQL2-JSON filter (applied to every modality).
@@ -469,12 +486,13 @@ def search_scenes(
     results: dict[str, list[Scene]] = {}
     for mod, choice in choices.items():
         q = _query_for(query, mod)
+        w0, w1 = (None, None) if mod in TIMELESS_MODALITIES else (t0, t1)
         if static is not None:
             matcher = _filter_matcher(filter)
-            items = [i for i in static.search(choice.collection, geom, t0, t1) if matcher(i)]
+            items = [i for i in static.search(choice.collection, geom, w0, w1) if matcher(i)]
         else:
             api_aoi = aoi_obj or AOI(geometry=geom, area_km2=0.0, utm_epsg=0, bbox=tuple(geom.bounds))
-            items = _api_search(client, cat, choice, api_aoi, t0, t1, q, filter, max_items, page_size)
+            items = _api_search(client, cat, choice, api_aoi, w0, w1, q, filter, max_items, page_size)
         items = [i for i in items if matches_query(i, q)]
         if len(items) > max_items:
             raise TooManyItemsError(
