@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgma_batch.errors import ModalityMismatchError, NothingFoundError, UsageError
+from sgma_batch.errors import EmptyDataError, ModalityMismatchError, NothingFoundError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ def _prepare(spec: RunSpec) -> _Prepared:
             f"no scenes of {', '.join(modalities)} over the AOI between {start} and {end} in {catalog}; "
             "widen the time window or check the catalogue"
         )
+    _check_model_fits(model_path, card, scenes)
     geobox = target_geobox(aoi.geometry, res_m=spec.res_m, crs=spec.crs or aoi.utm_epsg)
     cfg_hash = config_hash(_output_config(spec, aoi.geometry.wkb))
     tasks = plan_tiles(
@@ -178,6 +179,16 @@ def _prepare(spec: RunSpec) -> _Prepared:
         modalities=modalities, write_probability=spec.write_probability, zarr_format=spec.zarr_format,
     )
     return _Prepared(aoi, str(catalog), start, end, model_path, card, scenes, geobox, cfg_hash, tasks, layout)
+
+
+def _check_model_fits(model_path: str, card: Any, scenes: dict[str, list[Any]]) -> None:
+    """Refuse a checkpoint before any store is touched: weights that do not match the card (31), or card
+    bands that differ from what the sensors deliver (32)."""
+    from sgma_batch.sensors import get_profile
+    from sgma_model import check_inputs, load_checkpoint
+
+    load_checkpoint(model_path, map_location="cpu")
+    check_inputs(card, {m: get_profile(v[0].sensor).bands for m, v in scenes.items() if v})
 
 
 def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary:
@@ -231,6 +242,11 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             order_seed=spec.task_order_seed))
     finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
+    if records and counts["nodata"] == len(records) and not done:
+        raise EmptyDataError(
+            f"no valid pixel in any of the {sum(map(len, prep.scenes.values()))} scenes over the AOI (all NaN or "
+            f"nodata), so {spec.out} holds only nodata; check the assets' values and nodata, then rerun"
+        )
     return RunSummary(
         store=str(spec.out), tiles=len(tasks), reused=len(done), computed=counts["computed"],
         degraded=counts["degraded"], failed=counts["failed"], nodata=counts["nodata"],
