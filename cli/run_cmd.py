@@ -98,18 +98,32 @@ def register(app: typer.Typer) -> None:
     def status_cmd(
         store: str = typer.Argument(..., help="A Zarr store written by `sgma-batch run`."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+        labels: str | None = typer.Option(
+            None, "--labels", help="Label raster (class ids, 255 = none): add per-class agreement with it."
+        ),
     ) -> None:
-        """Summarise a store's manifest: tiles per status."""
+        """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
         from sgma_batch.errors import StoreCorruptError
-        from sgma_batch.store import manifest_summary
+        from sgma_batch.store import label_agreement, manifest_summary
 
         if not (Path(store) / "manifest").is_dir():
             raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")
         counts = manifest_summary(store)
+        agreement = label_agreement(store, labels) if labels else None
         if as_json:
-            typer.echo(json.dumps({"store": store, "tiles": sum(counts.values()), **counts}))
+            extra = {"agreement": agreement} if agreement is not None else {}
+            typer.echo(json.dumps({"store": store, "tiles": sum(counts.values()), **counts, **extra}))
         else:
             typer.echo(f"{store}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+            if agreement is not None:
+                overall = agreement["overall"]
+                typer.echo(f"agreement with {labels}: {agreement['pixels']} px compared, "
+                           f"{agreement['unmapped']} unmapped, overall "
+                           f"{'n/a' if overall is None else f'{overall:.1%}'}")
+                for name, c in agreement["per_class"].items():
+                    pa, ua = c["producer"], c["user"]
+                    typer.echo(f"  {name:<10} truth {c['truth']:>8}  producer "
+                               f"{'n/a' if pa is None else f'{pa:.1%}':>6}  user {'n/a' if ua is None else f'{ua:.1%}':>6}")
         raise typer.Exit(3 if counts.get("failed") or counts.get("degraded") else 0)
 
     @app.command("quicklook")
