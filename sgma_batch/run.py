@@ -109,9 +109,6 @@ def _demo_catalog(spec: RunSpec) -> tuple[str, str | None, str | None]:
     return str(info.catalog_path), start, end
 
 
-_STATIC_WINDOW = ("1970-01-01", "2100-12-31")
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """Everything up to (not including) the first side effect: search results, grid, tasks, layout."""
@@ -131,7 +128,7 @@ class _Prepared:
 
 def _prepare(spec: RunSpec) -> _Prepared:
     from sgma_batch.aoi import load_aoi
-    from sgma_batch.colocate import STATIC_MODALITIES, plan_cell
+    from sgma_batch.colocate import plan_cell
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox
     from sgma_batch.search import search_scenes
     from sgma_batch.store import StoreLayout
@@ -159,10 +156,6 @@ def _prepare(spec: RunSpec) -> _Prepared:
     modalities = tuple(card.modality_names)
     found = search_scenes(catalog, aoi, start, end, modalities=modalities, allow_empty=True,
                           collections=spec.collections, signer=spec.signer)
-    static = [m for m in found if m in STATIC_MODALITIES]
-    if static:  # a DEM is dated by its production (e.g. 2021), not by the map's window: search it undated
-        found.update(search_scenes(catalog, aoi, *_STATIC_WINDOW, modalities=static, allow_empty=True,
-                                   collections=spec.collections, signer=spec.signer))
     scenes = {m: list(v) for m, v in found.items() if m in modalities}
     if not scenes:
         raise ModalityMismatchError(f"the catalogue offers none of the model's modalities {modalities}")
