@@ -17,6 +17,7 @@ def chips(
     end: Optional[str] = typer.Option(None, "--end", help="Window end (YYYY-MM-DD)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label raster (class ids, 255 nodata); its grid is the chip grid."),
     demo: bool = typer.Option(False, "--demo", help="Use the embedded synthetic demo archive for catalogue, AOI, window and labels."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the demo archive is generated (default: the user cache)."),
     sen1floods11: Optional[Path] = typer.Option(None, "--sen1floods11", help="Sen1Floods11 folder (S1Hand/, S2Hand/, LabelHand/) instead of a catalogue."),
     test_quadrant: int = typer.Option(3, "--test-quadrant", help="Sen1Floods11: held-out quadrant (0 NW, 1 NE, 2 SW, 3 SE)."),
     chip_px: int = typer.Option(64, "--chip-px", help="Chip size in pixels."),
@@ -38,7 +39,7 @@ def chips(
         if demo:
             from sgma_batch.synthetic import ensure_demo_archive
 
-            info = ensure_demo_archive(_cache_dir())
+            info = ensure_demo_archive(cache_dir or _cache_dir())
             catalog = catalog or str(info.catalog_path)
             labels = labels or Path(info.label_path)
             aoi = aoi or _demo_aoi(info)
@@ -56,14 +57,9 @@ def chips(
 
 
 def _cache_dir() -> Path:
-    from sgma_batch.synthetic import ensure_demo_archive  # noqa: F401 - same cache rule as `run`
+    from sgma_batch.synthetic import default_cache_dir  # same cache rule as `run`
 
-    try:
-        from sgma_batch.synthetic import default_cache_dir
-
-        return Path(default_cache_dir())
-    except ImportError:
-        return Path.home() / ".cache" / "sgma-batch"
+    return Path(default_cache_dir())
 
 
 def _demo_aoi(info) -> str:

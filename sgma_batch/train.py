@@ -470,3 +470,19 @@ def train(spec: TrainSpec) -> TrainResult:
     saved = save_checkpoint(model, spec.out_dir, card)
     log.info("final checkpoint %s (%d epochs)", spec.out_dir, training["epochs"])
     return TrainResult(Path(spec.out_dir), training["epochs"], history, saved.model_hash)
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, *, dtype: str = "float16") -> Path:
+    """Copy a checkpoint with its weights stored as ``dtype`` (half the size; loads back as float32).
+
+    Used to ship the demo model inside the package; the card (statistics, classes, metrics) is kept.
+    """
+    import torch
+
+    from sgma_model import load_checkpoint, save_checkpoint
+
+    model, card = load_checkpoint(src)
+    model.to(getattr(torch, dtype))
+    training = {**card.training, "weights_dtype": dtype}
+    save_checkpoint(model, dst, type(card)(card.architecture, card.arguments, card.modalities, card.classes, training))
+    return Path(dst)
