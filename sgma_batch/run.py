@@ -128,7 +128,7 @@ class _Prepared:
 
 def _prepare(spec: RunSpec) -> _Prepared:
     from sgma_batch.aoi import load_aoi
-    from sgma_batch.colocate import plan_cell
+    from sgma_batch.colocate import STATIC_MODALITIES, plan_cell
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox
     from sgma_batch.search import search_scenes
     from sgma_batch.store import StoreLayout
@@ -159,7 +159,8 @@ def _prepare(spec: RunSpec) -> _Prepared:
     scenes = {m: list(v) for m, v in found.items() if m in modalities}
     if not scenes:
         raise ModalityMismatchError(f"the catalogue offers none of the model's modalities {modalities}")
-    if not any(scenes.values()):
+    dated = [m for m in scenes if m not in STATIC_MODALITIES] or list(scenes)
+    if not any(scenes[m] for m in dated):  # a DEM alone (timeless) does not make a map of this window
         raise NothingFoundError(
             f"no scenes of {', '.join(modalities)} over the AOI between {start} and {end} in {catalog}; "
             "widen the time window or check the catalogue"

@@ -42,6 +42,12 @@ def test_cli_run_json_status_quicklook_and_refusal(tmp_path, checkpoint):
     bbox = ",".join(f"{v:.6f}" for v in run_archive.aoi_lonlat())
     common = ["--aoi", bbox, "--start", "2024-06-01", "--end", "2024-06-30", "--catalog", str(catalog),
               "--model", str(checkpoint), "--tile-px", "128", "--halo-px", "16"]
+    r = _cli("run", *common, "--out", str(out), "--dry-run", "--json")  # = plan: nothing written
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert (plan["tiles"], plan["compute"], plan["reuse"]) == (6, 6, 0) and not out.exists()
+    assert plan["signatures"] == {"dem+s1": 6} and plan["estimate_s"] > 0
+
     r = _cli("run", *common, "--out", str(out), "--sequential", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
