@@ -52,6 +52,10 @@ def _root(
 ) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from sgma_batch.stac_io import RedactSignedUrls  # light: no heavy imports
+
+    for handler in logging.getLogger().handlers:  # signed URLs (SAS tokens) never reach a log line
+        handler.addFilter(RedactSignedUrls())
 
 
 for _name in COMMAND_MODULES:

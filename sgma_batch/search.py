@@ -340,11 +340,20 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _check_hrefs(item: Mapping[str, Any], catalog: str) -> None:
+#: Schemes an asset of a remote (API) catalogue may use: what the reader opens over the network.
+REMOTE_ASSET_SCHEMES = ("http", "https", "s3")
+
+
+def _check_hrefs(item: Mapping[str, Any], catalog: str, *, local_ok: bool = False) -> None:
     for key, asset in (item.get("assets") or {}).items():
         href = str(asset.get("href", ""))
         scheme = urlparse(href).scheme.lower()
-        if scheme in ("", "file") or len(scheme) == 1:  # local path (or Windows drive letter)
+        if scheme not in ("", "file") and len(scheme) > 1 and scheme not in REMOTE_ASSET_SCHEMES:
+            raise UnsafeAssetError(
+                f"remote catalogue {catalog} gives asset {key!r} of item {item.get('id')} the scheme {scheme!r}; "
+                f"only {', '.join(REMOTE_ASSET_SCHEMES)} are read from a remote catalogue"
+            )
+        if not local_ok and (scheme in ("", "file") or len(scheme) == 1):  # local path (or a drive letter)
             raise UnsafeAssetError(
                 f"remote catalogue {catalog} points asset {key!r} of item {item.get('id')} at a local path; refusing to read it"
             )
@@ -502,8 +511,8 @@ def search_scenes(
         profile = get_profile(choice.profile)
         scenes = []
         for item in items:
-            if not local_ok:
-                _check_hrefs(item, cat)
+            if client is not None:  # a remote catalogue: no odd schemes, no local files unless loopback
+                _check_hrefs(item, cat, local_ok=local_ok)
             item = dict(item)
             item.setdefault("collection", choice.collection)
             scene = profile.scene_from_item(item, signer=sign)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 
 from urllib3.util.retry import Retry
@@ -102,3 +103,22 @@ def resolve_href(scene: Scene, asset: AssetRef | str) -> str:
     if not name:
         return ref.href
     return get_signer(str(name))(ref.href)
+
+
+_URL_QUERY = re.compile(r"((?:https?|s3)://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the query string of every URL replaced: SAS tokens and signatures live there."""
+    return _URL_QUERY.sub(r"\1?<redacted>", text)
+
+
+class RedactSignedUrls(logging.Filter):
+    """A handler filter that strips URL query strings from every record, third-party loggers included
+    (rasterio logs the full ``/vsicurl/`` path of a signed href at debug level)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message and "?" in message:
+            record.msg, record.args = redact_urls(message), None
+        return True

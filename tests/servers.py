@@ -307,6 +307,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with HEAD and single ``Range: bytes=a-b`` requests (206 + Content-Range), keep-alive."""
 
     protocol_version = "HTTP/1.1"
+    token: str | None = None  # when set, every file request must carry it in the query (a signed URL)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -314,6 +315,9 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         if self.path.split("?")[0] == HEALTH:
             self._reply(200, b"ok", head)
+            return
+        if self.token is not None and self.token not in self.path.partition("?")[2]:
+            self._reply(403, b"signature required", head)
             return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
@@ -498,11 +502,12 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def asset_server(directory: Path, workdir: Path | None = None) -> Iterator[str]:
-    """An HTTP server (a separate process) serving ``directory`` with Range support; yields its URL."""
+def asset_server(directory: Path, workdir: Path | None = None, *, token: str | None = None) -> Iterator[str]:
+    """An HTTP server (a separate process) serving ``directory`` with Range support; yields its URL.
+    With ``token``, files are served only to URLs whose query carries it (403 otherwise), like SAS URLs."""
     port = free_port()
     log = (workdir or Path(tempfile.gettempdir())) / f"assets-{port}.log"
-    proc = _spawn(["assets", "--dir", str(directory), "--port", str(port)], log)
+    proc = _spawn(["assets", "--dir", str(directory), "--port", str(port), *(["--token", token] if token else [])], log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + HEALTH, proc, 30, log)
@@ -571,6 +576,7 @@ def _main(argv: list[str]) -> None:
     a = sub.add_parser("assets")
     a.add_argument("--dir", required=True)
     a.add_argument("--port", type=int, required=True)
+    a.add_argument("--token", default=None)
     c = sub.add_parser("chaos")
     c.add_argument("--upstream", required=True)
     c.add_argument("--port", type=int, required=True)
@@ -584,6 +590,7 @@ def _main(argv: list[str]) -> None:
     if ns.cmd == "assets":
         import functools
 
+        _RangeHandler.token = ns.token
         handler = functools.partial(_RangeHandler, directory=ns.dir)
         server: http.server.ThreadingHTTPServer = http.server.ThreadingHTTPServer(("127.0.0.1", ns.port), handler)
         server.daemon_threads = True
