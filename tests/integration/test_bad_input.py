@@ -147,7 +147,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(world, case):
-    _, build, code, fragment = case
+    case_id, build, code, fragment = case
     before = _snapshot(world["store"])
     base = {"--aoi": _bbox(), "--start": WINDOW[1], "--end": WINDOW[3], "--catalog": str(world["catalog"]),
             "--model": str(world["model"]), "--out": str(world["store"]), "--tile-px": "128", "--halo-px": "16"}
@@ -158,6 +158,7 @@ def test_bad_input_is_one_line_with_its_exit_code_and_loses_nothing(world, case)
     r = rh.cli("run", *args, "--sequential", "--json")
     assert r.returncode == code, (r.returncode, r.stderr[-3000:])
     line = rh.one_line_error(r.stderr)
+    print(f"CASE {case_id} | {code} | {line}")  # shown with -rP: the table in docs/reliability.md
     assert fragment in line, line
     assert len(line) < 400 and r.stdout == ""
     assert _snapshot(world["store"]) == before  # nothing already written is lost or changed
