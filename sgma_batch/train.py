@@ -423,6 +423,11 @@ def train(spec: TrainSpec) -> TrainResult:
     from sgma_batch.chips import ChipStore
     from sgma_model import ModelCard, create_model, read_card, save_checkpoint
 
+    # workers run in other directories: every path they read must be absolute
+    spec = spec.model_copy(update={
+        "chips": Path(spec.chips).resolve(), "storage": Path(spec.storage).resolve(), "out": Path(spec.out_dir).resolve(),
+        "teacher": None if spec.teacher is None else Path(spec.teacher).resolve(),
+    })
     store = ChipStore(spec.chips)
     mods = list(store.modalities) if spec.modalities is None else list(spec.modalities)
     unknown = [m for m in mods if m not in store.modalities]
