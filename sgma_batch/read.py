@@ -154,11 +154,17 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
 
 def _with_retries(fn: Any, *, what: str, retries: int, backoff_s: float) -> Any:
     """Call ``fn`` and retry I/O errors with exponential backoff; the last error propagates."""
+    import rasterio
     from rasterio.errors import RasterioIOError
 
     for attempt in range(retries + 1):
         try:
-            return fn()
+            if attempt == 0:
+                return fn()
+            # GDAL remembers a failed remote open ("does not exist") for the life of the process, so a
+            # retry through its caches fails at once without a request: retry around them.
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED="/vsicurl/:/vsis3/"):
+                return fn()
         except FileNotFoundError:
             raise
         except (RasterioIOError, OSError) as exc:

@@ -445,7 +445,7 @@ class _ChaosServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int, upstream: str, *, rate: float, seed: int, kinds: list[str], stall_s: float,
-                 broken: list[str], max_consecutive: int) -> None:
+                 broken: list[str], max_consecutive: int, outage: list[str], outage_n: int) -> None:
         super().__init__(("127.0.0.1", port), _ChaosHandler)
         from urllib.parse import urlparse
 
@@ -453,6 +453,8 @@ class _ChaosServer(http.server.ThreadingHTTPServer):
         self.upstream_host, self.upstream_port = u.hostname, u.port or 80
         self.rate, self.seed, self.kinds, self.stall_s = rate, seed, kinds, stall_s
         self.broken, self.max_consecutive = broken, max_consecutive
+        self.outage, self.outage_n = outage, outage_n
+        self.per_path: Counter[str] = Counter()  # requests per path (any method, any range)
         self.lock = threading.Lock()
         self.attempts: Counter[str] = Counter()  # per request key: how many times it was asked
         self.streak: Counter[str] = Counter()  # per request key: consecutive injected faults
@@ -469,8 +471,11 @@ class _ChaosServer(http.server.ThreadingHTTPServer):
             self.requests += 1
             n = self.attempts[key]
             self.attempts[key] += 1
-            if any(b in path for b in self.broken):
-                fault: str | None = "5xx" if method == "HEAD" else self.kinds[n % len(self.kinds)]
+            self.per_path[path] += 1
+            if any(o in path for o in self.outage) and self.per_path[path] <= self.outage_n:
+                fault: str | None = self.kinds[0]  # down for its first outage_n requests, then fine
+            elif any(b in path for b in self.broken):
+                fault = self.kinds[n % len(self.kinds)]
                 if fault == "stall":
                     fault = "5xx"  # permanent breakage: answer fast, never hang the job
             else:
@@ -526,6 +531,8 @@ def chaos_proxy(
     stall_s: float = 4.0,
     broken: Iterable[str] = (),
     max_consecutive: int = 2,
+    outage: Iterable[str] = (),
+    outage_n: int = 4,
     workdir: Path | None = None,
 ) -> Iterator[ChaosProxy]:
     """A fault-injecting HTTP proxy (a separate process on 127.0.0.1) in front of ``upstream``.
@@ -534,7 +541,9 @@ def chaos_proxy(
     (503), ``reset`` (TCP RST), ``stall`` (``stall_s`` of silence, then RST; set the client timeout
     below it), ``truncate`` (full Content-Length, half the body, then RST). At most ``max_consecutive``
     faults in a row hit the same request, so a flaky asset is flaky, not dead. Paths containing a
-    ``broken`` substring fail every time (503 or RST), like a permanently damaged asset.
+    ``broken`` substring fail every time (503 or RST), like a permanently damaged asset. Paths containing an
+    ``outage`` substring fail their first ``outage_n`` requests (any range) with ``kinds[0]``, then recover:
+    a short outage, longer than GDAL's own retries.
     """
     port = free_port()
     log = (workdir or Path(tempfile.gettempdir())) / f"chaos-{port}.log"
@@ -542,6 +551,9 @@ def chaos_proxy(
             "--kinds", ",".join(kinds), "--stall-s", str(stall_s), "--max-consecutive", str(max_consecutive)]
     for b in broken:
         args += ["--broken", b]
+    for o in outage:
+        args += ["--outage", o]
+    args += ["--outage-n", str(outage_n)]
     proc = _spawn(args, log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -586,6 +598,8 @@ def _main(argv: list[str]) -> None:
     c.add_argument("--stall-s", type=float, default=4.0)
     c.add_argument("--broken", action="append", default=[])
     c.add_argument("--max-consecutive", type=int, default=2)
+    c.add_argument("--outage", action="append", default=[])
+    c.add_argument("--outage-n", type=int, default=4)
     ns = parser.parse_args(argv)
     if ns.cmd == "assets":
         import functools
@@ -596,7 +610,8 @@ def _main(argv: list[str]) -> None:
         server.daemon_threads = True
     else:
         server = _ChaosServer(ns.port, ns.upstream, rate=ns.rate, seed=ns.seed, kinds=ns.kinds.split(","),
-                              stall_s=ns.stall_s, broken=ns.broken, max_consecutive=ns.max_consecutive)
+                              stall_s=ns.stall_s, broken=ns.broken, max_consecutive=ns.max_consecutive,
+                              outage=ns.outage, outage_n=ns.outage_n)
     server.serve_forever()
 
 

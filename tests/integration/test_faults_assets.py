@@ -75,7 +75,7 @@ def test_flaky_assets_give_a_bitwise_identical_store(archive, checkpoint, clean_
 def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, checkpoint, tmp_path):
     # Both S1 scenes' VV assets are broken for good: S1 is absent on every tile; the DEM still maps it.
     with asset_server(archive.parent, tmp_path) as assets, \
-            chaos_proxy(assets, rate=0.0, broken=["_vv.tif"], kinds=("reset", "5xx"), workdir=tmp_path) as proxy:
+            chaos_proxy(assets, rate=0.0, broken=["_vv.tif"], kinds=("reset",), workdir=tmp_path) as proxy:
         catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
         out = tmp_path / "broken.zarr"
         r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
@@ -98,3 +98,20 @@ def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, chec
     assert bits.tolist() == [0b100]  # only the DEM bit (modalities s2, s1, dem): S1 recorded absent
     r = rh.cli("status", str(out), "--json")
     assert r.returncode == 3 and json.loads(r.stdout)["degraded"] == summary["tiles"]
+
+
+def test_an_outage_longer_than_gdals_own_retries_is_hidden_by_ours(archive, checkpoint, clean_store, tmp_path):
+    """Every asset refuses its first 4 requests (TCP resets: more than GDAL's internal retries), then
+    recovers. GDAL caches the failed open; the reader's backoff retries must go around that cache."""
+    with asset_server(archive.parent, tmp_path) as assets, \
+            chaos_proxy(assets, rate=0.0, outage=[".tif"], outage_n=4, kinds=("reset",), workdir=tmp_path) as proxy:
+        catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
+        out = tmp_path / "outage.zarr"
+        r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
+                   *TILING, "--out", str(out), "--sequential", "--json")
+        stats = proxy.stats()
+    assert stats["faults"]["reset"] >= 4 * 3, stats  # DEM, S1 VV, S1 VH (the best S1 scene fills all), 4 each
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert (s["computed"], s["degraded"]) == (6, 0)
+    rh.assert_same_store(clean_store, out)
