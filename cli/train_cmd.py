@@ -16,6 +16,8 @@ def chips(
     start: Optional[str] = typer.Option(None, "--start", help="Window start (YYYY-MM-DD)."),
     end: Optional[str] = typer.Option(None, "--end", help="Window end (YYYY-MM-DD)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label raster (class ids, 255 nodata); its grid is the chip grid."),
+    labels_collection: Optional[str] = typer.Option(None, "--labels-collection", help="Instead of --labels: a STAC collection of --catalog whose item over the AOI holds the label raster (e.g. sgma-labels)."),
+    labels_asset: str = typer.Option("labels", "--labels-asset", help="Asset key of the label raster in --labels-collection items."),
     demo: bool = typer.Option(False, "--demo", help="Use the embedded synthetic demo archive for catalogue, AOI, window and labels."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the demo archive is generated (default: the user cache)."),
     sen1floods11: Optional[Path] = typer.Option(None, "--sen1floods11", help="Sen1Floods11 folder (S1Hand/, S2Hand/, LabelHand/) instead of a catalogue."),
@@ -41,13 +43,18 @@ def chips(
 
             info = ensure_demo_archive(cache_dir or _cache_dir())
             catalog = catalog or str(info.catalog_path)
-            labels = labels or Path(info.label_path)
+            if labels_collection is None:
+                labels = labels or Path(info.label_path)
             aoi = aoi or _demo_aoi(info)
             start, end = start or _demo_window(info)[0], end or _demo_window(info)[1]
-        if not (catalog and aoi and start and end and labels):
-            raise UsageError("give --catalog, --aoi, --start, --end and --labels (or --demo, or --sen1floods11)")
+        if not (catalog and aoi and start and end and (labels or labels_collection)):
+            raise UsageError("give --catalog, --aoi, --start, --end and --labels or --labels-collection "
+                             "(or --demo, or --sen1floods11)")
+        if labels and labels_collection:
+            raise UsageError("give --labels or --labels-collection, not both")
         path = chiplib.export_chips(
-            catalog=catalog, aoi=aoi, start=start, end=end, labels=labels, out=out, chip_px=chip_px,
+            catalog=catalog, aoi=aoi, start=start, end=end, labels=labels, labels_collection=labels_collection,
+            labels_asset=labels_asset, out=out, chip_px=chip_px,
             block_px=block_px, guard_px=guard_px, seed=seed, overwrite=overwrite,
         )
     store = chiplib.ChipStore(path)

@@ -15,7 +15,8 @@ belongs to one split; chips tile a block's interior, which is inset by ``guard_p
 two chips of different blocks are always at least ``guard_px`` apart and no chip straddles a split.
 
 Sources: :func:`export_chips` reads an archive with the same search / plan / read / harmonise path as
-``run`` (``sgma_batch.read.read_modality``) plus a label raster on the same grid;
+``run`` (``sgma_batch.read.read_modality``) plus labels: a local label raster, or the label asset of
+an item of a STAC collection (:func:`find_label_item`, e.g. the synthetic archive's ``sgma-labels``);
 :func:`sen1floods11_chip_store` reads the Sen1Floods11 folder layout (S1Hand, S2Hand, LabelHand).
 """
 
@@ -449,22 +450,60 @@ def _crop_to_aoi(gbox: Any, aoi_geometry: Any) -> tuple[Any, int, int]:
     return gbox[r0:r1, c0:c1], r0, c0
 
 
-def _search(search_scenes: Any, catalog: Any, area: Any, start: str, end: str, modalities: Sequence[str]) -> dict:
-    """Scenes per modality; static modalities (DEM) are searched without the time window.
+@dataclass(frozen=True)
+class LabelSource:
+    """A label raster found in a STAC collection: its href, item id and classes (None: not declared)."""
 
-    Adapter: ``search_scenes`` filters every collection by the window, but a DEM item carries its
-    production date (e.g. 2021), and ``colocate.plan_cell`` ignores the window for static modalities.
+    href: str
+    item_id: str
+    collection: str
+    classes: list[dict[str, str]] | None
+
+
+def find_label_item(
+    catalog: str | Path, collection: str, aoi: Any, *, asset: str = "labels"
+) -> LabelSource:
+    """The label raster of ``collection`` in ``catalog`` (static catalogue or STAC API) for ``aoi``.
+
+    Labels are ground truth, not acquisitions: the collection is searched without a time window. Of the
+    items intersecting the AOI, the one covering most of it wins (ties: smallest id); the chip grid is
+    that item's raster. Classes come from the asset's ``classification:classes`` (values must be
+    0..K-1), else None (the caller's default).
     """
-    from sgma_batch.colocate import STATIC_MODALITIES
+    from shapely.geometry import shape
 
-    timed = [m for m in modalities if m not in STATIC_MODALITIES]
-    static = [m for m in modalities if m in STATIC_MODALITIES]
-    out: dict[str, list] = {}
-    if timed:
-        out.update(search_scenes(catalog, area, start, end, modalities=timed, allow_empty=True))
-    if static:
-        out.update(search_scenes(catalog, area, "1970-01-01", "2100-01-01", modalities=static, allow_empty=True))
-    return {m: list(v) for m, v in out.items() if m in modalities}
+    from sgma_batch.aoi import AOI, load_aoi
+    from sgma_batch.search import CollectionChoice, StaticCatalog, _api_search, _check_hrefs, _is_loopback, \
+        _is_url, _open_client
+
+    area = aoi if isinstance(aoi, AOI) else load_aoi(aoi)
+    cat = str(catalog)
+    if _is_url(cat):
+        client = _open_client(cat, retries=3, backoff=0.5, timeout=30.0)
+        items = _api_search(client, cat, CollectionChoice("labels", collection, "labels"), area, None, None,
+                            None, None, 1000)
+        for item in items:
+            _check_hrefs(item, cat, local_ok=_is_loopback(cat))
+    else:
+        static = StaticCatalog(cat)
+        if collection not in static.collections:
+            raise ChipStoreError(f"label collection {collection!r} is not in {cat} "
+                                 f"(it has {', '.join(static.collections)}); check --labels-collection")
+        items = list(static.search(collection, area.geometry, None, None))
+    items = [i for i in items if asset in (i.get("assets") or {})]
+    if not items:
+        raise EmptyDataError(f"no item of {collection!r} with a {asset!r} asset intersects the AOI; "
+                             "pick an AOI inside the labels' extent")
+    items.sort(key=lambda i: str(i["id"]))
+    best = max(items, key=lambda i: shape(i["geometry"]).intersection(area.geometry).area)  # first on ties
+    a = best["assets"][asset]
+    classes = None
+    declared = sorted(a.get("classification:classes") or [], key=lambda c: int(c["value"]))
+    if declared and [int(c["value"]) for c in declared] == list(range(len(declared))):
+        classes = [{"name": str(c["name"]), "color": "#" + str(c.get("color_hint", "808080")).lower().lstrip("#")}
+                   for c in declared]
+    log.info("labels: %s item %s (%d candidates)", collection, best["id"], len(items))
+    return LabelSource(str(a["href"]), str(best["id"]), collection, classes)
 
 
 def export_chips(
@@ -473,8 +512,10 @@ def export_chips(
     aoi: Any,
     start: str,
     end: str,
-    labels: str | Path,
+    labels: str | Path | None = None,
     out: str | Path,
+    labels_collection: str | None = None,
+    labels_asset: str = "labels",
     classes: Sequence[Mapping[str, str]] | None = None,
     modalities: Sequence[str] = ("s2", "s1", "dem"),
     chip_px: int = 64,
@@ -493,7 +534,11 @@ def export_chips(
 
     Args:
         aoi: an :class:`sgma_batch.aoi.AOI`, or anything :func:`sgma_batch.aoi.load_aoi` accepts.
-        classes: [{name, color}] of the label ids; default the synthetic archive's classes.
+        labels: a label raster (class ids, 255 = ignore); its grid is the chip grid.
+        labels_collection: instead of ``labels``, a STAC collection of ``catalog`` whose item
+            (``labels_asset``) over the AOI is the label raster (:func:`find_label_item`).
+        classes: [{name, color}] of the label ids; default the label item's ``classification:classes``,
+            else the synthetic archive's classes.
     """
     import rasterio
     from rasterio.windows import Window
@@ -505,12 +550,23 @@ def export_chips(
     from sgma_batch.search import search_scenes
     from sgma_batch.sensors import get_profile
 
+    area = aoi if isinstance(aoi, AOI) else load_aoi(aoi)
+    label_meta: dict[str, Any] = {}
+    if labels_collection is not None:
+        if labels is not None:
+            raise ChipStoreError("give a label raster or a label collection, not both")
+        found = find_label_item(catalog, labels_collection, area, asset=labels_asset)
+        labels, label_meta = found.href, {"labels_collection": found.collection, "labels_item": found.item_id}
+        classes = classes if classes is not None else found.classes
+    if labels is None:
+        raise ChipStoreError("give a label raster (labels=) or a STAC label collection (labels_collection=)")
     if classes is None:
         from sgma_batch.synthetic import CLASSES
 
         classes = [{"name": n, "color": c} for n, c in CLASSES]
-    area = aoi if isinstance(aoi, AOI) else load_aoi(aoi)
-    scenes = _search(search_scenes, catalog, area, start, end, modalities)
+    # static modalities (the DEM) are searched without the window by search_scenes itself
+    found_scenes = search_scenes(catalog, area, start, end, modalities=list(modalities), allow_empty=True)
+    scenes = {m: list(v) for m, v in found_scenes.items() if m in modalities}
     grid, r_off, c_off = _crop_to_aoi(label_geobox(labels), area.geometry)
     h, w = grid.shape
     windows = chip_windows(h, w, chip_px=chip_px, block_px=block_px, guard_px=guard_px,
@@ -519,7 +575,7 @@ def export_chips(
         out, modalities={m: MODALITY_BANDS[m] for m in modalities}, classes=classes, chip_px=chip_px,
         overwrite=overwrite,
         attrs={"source": {"kind": "archive", "catalog": str(catalog), "start": start, "end": end,
-                          "labels": str(labels), "crs": str(grid.crs), "affine": list(grid.affine)[:6],
+                          "labels": str(labels), **label_meta, "crs": str(grid.crs), "affine": list(grid.affine)[:6],
                           "scenes": {m: sorted(s.id for s in v) for m, v in scenes.items()}},
                "block_px": block_px, "guard_px": guard_px, "seed": seed, "fractions": list(fractions)},
     )

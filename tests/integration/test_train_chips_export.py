@@ -39,7 +39,7 @@ def test_export_matches_read_modality_on_the_chip_geobox(archive, tmp_path):
     assert sum(store.attrs["counts"].values()) == len(store.split) > 0
     assert store.attrs["counts"]["train"] > 0
     grid, r_off, c_off = chips._crop_to_aoi(chips.label_geobox(archive.label_path), aoi.geometry)
-    scenes = chips._search(search_scenes, archive.catalog_path, aoi, start, end, ("s2", "s1", "dem"))
+    scenes = search_scenes(archive.catalog_path, aoi, start, end, modalities=["s2", "s1", "dem"], allow_empty=True)
     assert scenes["dem"], "the DEM must be found although its item date is outside the window"
     origin = np.asarray(store.group["origin"][:])
     checked = 0
@@ -67,3 +67,23 @@ def test_export_matches_read_modality_on_the_chip_geobox(archive, tmp_path):
     # statistics from the train split only, finite and positive std
     for m, st in store.stats.items():
         assert np.all(np.isfinite(st["mean"])) and np.all(np.asarray(st["std"]) > 0)
+
+
+def test_labels_from_a_stac_collection_equal_the_raster_source(archive, tmp_path):
+    """`labels_collection="sgma-labels"` finds the item's `labels` asset: same chips as the raster path."""
+    from sgma_batch.aoi import load_aoi
+
+    start, end = _window(archive)
+    b = archive.geobox.extent.to_crs("EPSG:4326").boundingbox
+    aoi = load_aoi((b.left, b.bottom, b.right, b.top))
+    kw = dict(catalog=archive.catalog_path, aoi=aoi, start=start, end=end, chip_px=32, block_px=96, guard_px=16)
+    by_raster = chips.ChipStore(chips.export_chips(labels=archive.label_path, out=tmp_path / "r.zarr", **kw))
+    by_stac = chips.ChipStore(chips.export_chips(labels_collection="sgma-labels", out=tmp_path / "s.zarr", **kw))
+    assert by_stac.attrs["source"]["labels_collection"] == "sgma-labels"
+    assert by_stac.attrs["source"]["labels_item"].startswith("sgma-synthetic-labels")
+    assert [c["name"] for c in by_stac.classes] == [c["name"] for c in by_raster.classes]
+    for name in ("label", "split", "origin", "s2", "s1_mask"):
+        np.testing.assert_array_equal(np.asarray(by_stac.group[name][:]), np.asarray(by_raster.group[name][:]))
+    assert (np.asarray(by_stac.group["label"][:]) != 255).any()
+    with pytest.raises(Exception, match="not in"):
+        chips.export_chips(labels_collection="no-such-labels", out=tmp_path / "x.zarr", **kw)
