@@ -389,6 +389,9 @@ class _ChaosHandler(http.server.BaseHTTPRequestHandler):
         if fault == "5xx":
             self._send(503, b"injected 503", head)
             return
+        if fault == "404":  # gone for good (a deleted or moved object)
+            self._send(404, b"injected 404", head)
+            return
         if fault in ("reset", "stall"):
             if fault == "stall":
                 time.sleep(srv.stall_s)  # longer than the client's timeout: the client gives up first
@@ -538,7 +541,7 @@ def chaos_proxy(
     """A fault-injecting HTTP proxy (a separate process on 127.0.0.1) in front of ``upstream``.
 
     A ``rate`` share of requests (seeded, per request key and attempt) gets one of ``kinds``: ``5xx``
-    (503), ``reset`` (TCP RST), ``stall`` (``stall_s`` of silence, then RST; set the client timeout
+    (503), ``404``, ``reset`` (TCP RST), ``stall`` (``stall_s`` of silence, then RST; set the client timeout
     below it), ``truncate`` (full Content-Length, half the body, then RST). At most ``max_consecutive``
     faults in a row hit the same request, so a flaky asset is flaky, not dead. Paths containing a
     ``broken`` substring fail every time (503 or RST), like a permanently damaged asset. Paths containing an
