@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Self
@@ -15,8 +14,9 @@ import typer
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sgma-batch"
+    from sgma_batch.synthetic import default_cache_dir  # one cache rule for run, search and chips
+
+    return default_cache_dir()
 
 
 def register(app: typer.Typer) -> None:

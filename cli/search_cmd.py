@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import typer
 
 
 def _default_catalog() -> str:
-    """The embedded demo archive's catalog.json (generated on first use)."""
-    from sgma_batch import synthetic
+    """The embedded demo archive's catalog.json, generated on first use into the cache folder that
+    ``run`` uses too (:func:`sgma_batch.synthetic.default_cache_dir`)."""
+    from sgma_batch.synthetic import default_cache_dir, ensure_demo_archive
 
-    cache_fn = getattr(synthetic, "default_cache_dir", None)
-    cache = Path(cache_fn()) if cache_fn else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgma-batch"
-    return str(synthetic.ensure_demo_archive(cache).catalog_path)
+    return str(ensure_demo_archive(default_cache_dir()).catalog_path)
 
 
 def scenes_to_json(results: dict[str, list[Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -32,8 +29,11 @@ def scenes_to_json(results: dict[str, list[Any]]) -> dict[str, list[dict[str, An
                 "datetime": s.datetime.isoformat().replace("+00:00", "Z"),
                 "cloud_cover": s.cloud_cover,
                 "orbit_state": s.orbit_state,
+                "updated": s.updated,
                 "epsg": s.epsg,
+                "shape": list(s.shape) if s.shape else None,
                 "bbox": list(s.bbox),
+                "geometry": dict(s.geometry),
                 "assets": {b: a.href for b, a in s.assets.items()},
             }
             for s in scenes

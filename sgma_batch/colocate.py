@@ -24,9 +24,9 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from sgma_batch.scenes import Scene
-from sgma_batch.search import parse_window
+from sgma_batch.search import TIMELESS_MODALITIES, parse_window
 
-STATIC_MODALITIES = frozenset({"dem"})
+STATIC_MODALITIES = TIMELESS_MODALITIES  # ranked without the time window (the DEM)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def plan_cell(
             if mod not in STATIC_MODALITIES and not _in_window(s, t0, t1):
                 continue
             cov = _coverage(s, cell)
-            if cov > 0 or (cell.area == 0 and cov):
+            if cov > 0:
                 keep.append((s, cov))
         covered[mod] = keep
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -463,7 +462,8 @@ def search_scenes(
         max_items: per-modality guard; more matches raise :class:`TooManyItemsError`.
         signer: name (or importable function) of the href signer applied at read time.
         modalities: restrict to these modalities (default: all the catalogue offers).
-        allow_empty: return empty lists instead of raising :class:`NothingFoundError`.
+        allow_empty: return empty lists instead of raising :class:`NothingFoundError` (raised when no
+            dated modality has a scene: a DEM alone does not count).
         retries, backoff_factor, timeout: HTTP behaviour of the API path.
         allow_local_assets: allow local-path asset hrefs from an API (default: only loopback APIs).
         page_size: items per API page (``limit``); paging follows the server's next links.
@@ -521,7 +521,9 @@ def search_scenes(
         scenes.sort(key=lambda s: (s.datetime, s.id))
         log.info("%s: %d %s scenes in %s", cat, len(scenes), mod, choice.collection)
         results[mod] = scenes
-    if not allow_empty and not any(results.values()):
+    # A timeless DEM alone is no scene of the window: nothing found unless a dated modality has scenes.
+    dated = [m for m in results if m not in TIMELESS_MODALITIES] or list(results)
+    if not allow_empty and not any(results[m] for m in dated):
         raise NothingFoundError(
             f"no scenes in {cat} for this AOI between {t0.date()} and {t1.date()} "
             f"(collections: {', '.join(c.collection for c in choices.values())}); widen the window or check the AOI"
@@ -545,6 +547,7 @@ def profile_of(scene: Scene) -> SensorProfile:
 __all__ = [
     "DEFAULT_MAX_ITEMS",
     "MODALITY_PREFERENCE",
+    "TIMELESS_MODALITIES",
     "CollectionChoice",
     "StaticCatalog",
     "matches_query",
@@ -554,4 +557,3 @@ __all__ = [
     "search_scenes",
     "select_collections",
 ]
-_ = shapely  # geometry predicates come from shapely via shape()

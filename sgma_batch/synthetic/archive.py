@@ -13,11 +13,12 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from odc.geo import geom
@@ -29,8 +30,22 @@ from sgma_batch.synthetic.cog import BLOCK_PX, CogWriter
 from sgma_batch.synthetic.landscape import LABEL_NODATA, ground
 from sgma_batch.synthetic.noise import field_key
 from sgma_batch.synthetic.sensors import (
-    S1_LOOKS, S1_NODATA, S2_NODATA, SCL_CIRRUS, SCL_CLOUD_HIGH, SCL_CLOUD_MEDIUM, SCL_NODATA, SCL_NOT_VEGETATED,
-    SCL_SHADOW, SCL_VEGETATION, SCL_WATER, HalfPlane, OpticalPass, RadarPass, s1_window, s2_window,
+    S1_LOOKS,
+    S1_NODATA,
+    S2_NODATA,
+    SCL_CIRRUS,
+    SCL_CLOUD_HIGH,
+    SCL_CLOUD_MEDIUM,
+    SCL_NODATA,
+    SCL_NOT_VEGETATED,
+    SCL_SHADOW,
+    SCL_VEGETATION,
+    SCL_WATER,
+    HalfPlane,
+    OpticalPass,
+    RadarPass,
+    s1_window,
+    s2_window,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +58,11 @@ CLASSES: tuple[tuple[str, str], ...] = (
     ("built_up", "#e31a1c"),
     ("bare", "#bfa27a"),
     ("wetland", "#6a3d9a"),
+)
+CLASSES_DESCRIPTION = (
+    "0 water, 1 trees, 2 grass, 3 crops, 4 built_up, 5 bare, 6 wetland; 255 nodata. Built-up and bare share "
+    "one optical spectrum (SAR separates them), crops and grass share one backscatter (red-edge/NIR "
+    "separate them), water and wetland are optically alike (SAR and the DEM separate them)."
 )
 
 GENERATOR_VERSION = 1
@@ -141,7 +161,7 @@ def plan_acquisitions(seed: int, days: Sequence[date], geobox: GeoBox) -> list[A
         growth = float(np.clip(0.15 + 0.7 * i / max(len(days) - 1, 1) + rng.uniform(-0.05, 0.05), 0, 1))
         s2_edge = _edge(geobox, rng, float(rng.uniform(8, 16)), float(rng.uniform(0.6, 0.8)), east=True) \
             if phase == 1 else None
-        s2_time = datetime.combine(day, time(10, 0, 31), tzinfo=timezone.utc) + timedelta(
+        s2_time = datetime.combine(day, time(10, 0, 31), tzinfo=UTC) + timedelta(
             seconds=int(rng.integers(0, 900)))
         optical = OpticalPass(
             key=field_key(seed, f"clouds-{day.isoformat()}"), cloud_fraction=cover,
@@ -160,9 +180,9 @@ def plan_acquisitions(seed: int, days: Sequence[date], geobox: GeoBox) -> list[A
             # Descending passes in the morning of the same day, ascending ones the evening before: every
             # S1 scene falls within the calendar days of the S2 dates.
             if orbit == "descending":
-                s1_time = datetime.combine(day, time(5, 12, 4), tzinfo=timezone.utc)
+                s1_time = datetime.combine(day, time(5, 12, 4), tzinfo=UTC)
             else:
-                s1_time = datetime.combine(day - timedelta(days=1), time(16, 58, 40), tzinfo=timezone.utc)
+                s1_time = datetime.combine(day - timedelta(days=1), time(16, 58, 40), tzinfo=UTC)
         else:
             rng.uniform(size=4)  # keep the stream aligned whatever the pattern
         plans.append(Acquisition(i, s2_time, optical, s1_time, radar, orbit))
@@ -396,8 +416,6 @@ def _write_catalog(
     root: Path, seed: int, geobox: GeoBox, dem_box: GeoBox, plans: Sequence[Acquisition],
     ids: dict[str, Any], s2_counts: Sequence[np.ndarray], s1_valid: Sequence[int],
 ) -> None:
-    from sgma_batch.synthetic import CLASSES_DESCRIPTION
-
     epsg = int(geobox.crs.epsg)
     grid = stac.grid_fields(geobox)
     full_geometry, full_bbox = _footprint(geobox, None)
@@ -514,7 +532,7 @@ def _write_catalog(
     # Copernicus DEM GLO-30, Planetary Computer conventions.
     dem_folder = root / stac.DEM_COLLECTION / ids["dem"]
     dem_geometry, dem_bbox = _footprint(dem_box, None)
-    dem_when = datetime(2021, 4, 22, tzinfo=timezone.utc)
+    dem_when = datetime(2021, 4, 22, tzinfo=UTC)
     stac.write_json(dem_folder / f"{ids['dem']}.json", stac.item(
         item_id=ids["dem"], collection=stac.DEM_COLLECTION, when=dem_when, geometry=dem_geometry, bbox=dem_bbox,
         properties={"gsd": 30, "platform": "TanDEM-X", "proj:epsg": epsg, **stac.grid_fields(dem_box)},

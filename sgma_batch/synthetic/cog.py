@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -45,7 +46,7 @@ class CogWriter:
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part.tif")
         self._ds = None
 
-    def __enter__(self) -> CogWriter:
+    def __enter__(self) -> Self:
         import rasterio
 
         ny, nx = self.geobox.shape

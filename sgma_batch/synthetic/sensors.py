@@ -182,6 +182,19 @@ def s1_window(
 
 
 __all__ = [
-    "BARE", "BUILT_UP", "CROPS", "GRASS", "TREES", "WATER", "WETLAND", "SPECTRA", "SIGMA0_DB",
-    "OpticalPass", "RadarPass", "HalfPlane", "s2_window", "s1_window", "cloud_alpha",
+    "BARE",
+    "BUILT_UP",
+    "CROPS",
+    "GRASS",
+    "SIGMA0_DB",
+    "SPECTRA",
+    "TREES",
+    "WATER",
+    "WETLAND",
+    "HalfPlane",
+    "OpticalPass",
+    "RadarPass",
+    "cloud_alpha",
+    "s1_window",
+    "s2_window",
 ]

@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 from rasterio.windows import from_bounds
 
-from sgma_batch.synthetic import generate_archive
+from sgma_batch.synthetic import demo_archive_info, generate_archive
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +122,7 @@ def test_default_catalog_is_the_generated_demo_archive(checkpoint, tmp_path):
     summary = json.loads(r.stdout)
     assert summary["scenes"]["s2"] >= 2 and summary["scenes"]["s1"] >= 1 and summary["scenes"]["dem"] >= 1
     assert summary["computed"] == summary["tiles"] >= 1
-    assert (cache / "sgma-batch" / "demo-archive-v1" / "catalog.json").is_file()
+    demo_catalog = demo_archive_info(cache / "sgma-batch").catalog_path  # the generator-versioned cache folder
+    assert demo_catalog.is_file()
     ds = xr.open_zarr(out, decode_coords="all")
-    assert ds.odc.crs.epsg == 32633 and ds.attrs["sgma:catalog"].endswith("demo-archive-v1/catalog.json")
+    assert ds.odc.crs.epsg == 32633 and ds.attrs["sgma:catalog"].endswith(f"{demo_catalog.parent.name}/catalog.json")

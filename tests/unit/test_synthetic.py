@@ -13,7 +13,15 @@ import pytest
 import rasterio
 
 from sgma_batch.synthetic import (
-    CLASSES, DEMO_EPSG, DEMO_SIZE_KM, demo_aoi_path, demo_archive_info, ensure_demo_archive, generate_archive,
+    CLASSES,
+    DEMO_EPSG,
+    DEMO_SIZE_KM,
+    GENERATOR_VERSION,
+    demo_aoi_path,
+    demo_archive_info,
+    demo_archive_name,
+    generate_archive,
+    generator_digest,
     make_geobox,
 )
 from sgma_batch.synthetic.archive import DEFAULT_ORIGIN_UTM, ensure_archive
@@ -255,13 +263,25 @@ def test_ensure_archive_builds_once_under_a_race(tmp_path):
     assert _hashes(tmp_path / "arch") == before and len(calls) <= 2
 
 
-def test_ensure_demo_archive_generates_then_reuses(tmp_path):
-    info = ensure_demo_archive(tmp_path)
-    assert info.root == tmp_path / "demo-archive-v1" and info.catalog_path.is_file() and info.label_path.is_file()
-    assert info == demo_archive_info(tmp_path)
-    assert info.epsg == 32633 and info.bounds.crs.epsg == 32633 and len(info.dates) == 4
-    stamp = info.catalog_path.stat().st_mtime_ns
-    assert ensure_demo_archive(tmp_path) == info and info.catalog_path.stat().st_mtime_ns == stamp
+def test_demo_cache_folder_is_tied_to_the_generator(tmp_path):
+    """A changed generator (version constant, source, or demo parameters) never reuses an archive cached by
+    another one. Generation and reuse themselves: test_search_cli (default catalogue)."""
+    name = demo_archive_name()
+    assert name.startswith(f"demo-archive-v{GENERATOR_VERSION}-") and name == demo_archive_name()
+    assert demo_archive_name(version=GENERATOR_VERSION + 1) != name
+    package = Path(generate_archive.__code__.co_filename).parent
+    copy = tmp_path / "generator"
+    copy.mkdir()
+    for src in package.glob("*.py"):
+        (copy / src.name).write_bytes(src.read_bytes())
+    assert generator_digest(copy) == generator_digest()
+    landscape = copy / "landscape.py"
+    landscape.write_text(landscape.read_text().replace("_LAKE_NOISE = -0.40", "_LAKE_NOISE = -0.41"))
+    patched = generator_digest(copy)
+    assert patched != generator_digest() and demo_archive_name(source_digest=patched) != name
+    info = demo_archive_info(tmp_path)
+    assert info.root == tmp_path / name and info.catalog_path == tmp_path / name / "catalog.json"
+    assert info.epsg == DEMO_EPSG and info.bounds.crs.epsg == DEMO_EPSG and len(info.dates) == 4
 
 
 def test_cli_archive_synth_json(tmp_path):
