@@ -151,7 +151,8 @@ class MultiModalSegmenter(nn.Module):
 
     def _encode(self, x: Tensor, mask: Tensor, name: str) -> list[Tensor]:
         """Encode the samples that hold any valid pixel of ``name``; zeros for the others."""
-        x = x * mask.unsqueeze(1).to(x.dtype)  # (B, C, H, W): masked pixels never reach the output
+        # (B, C, H, W): masked pixels never reach the output, not even NaN / inf nodata (0 * NaN is NaN)
+        x = torch.where(mask.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         present = mask.flatten(1).any(dim=1)  # (B,)
         if bool(present.all()):
             return self.encoder(x, name)

@@ -11,12 +11,18 @@ Total = ce_weight x CE + kd_weight x KD + hpdm_weight x HPDM + rrm_weight x RRM,
   student and teacher; KL(teacher || student) of the softmax over the class axis (per channel), averaged.
   Hybrid: with probability ``cross_modal_prob`` a student modality is matched to a teacher modality drawn
   uniformly from the teacher's, otherwise to its own.
-- **RRM**: functional-entropy regulariser (Gat et al. 2020, log-Sobolev): per stage and modality, student
-  and teacher features are perturbed with Gaussian noise (sigma = the feature std), f = KL(softmax_c
-  teacher || softmax_c student) per perturbation, the functional Fisher information I = E[|grad f|^2 / f]
-  is estimated by autograd w.r.t. the perturbed student features, and the penalty is ||1 / I||_2 over the
-  batch (Gat's "max_ent"), times ``rrm_inner``. Unlike KD and HPDM it is a regulariser, not a distance: it is
-  finite but not zero when student == teacher (independent noise keeps f > 0).
+- **RRM**: a functional-entropy regulariser (Gat et al. 2020, log-Sobolev inequality) turned into a
+  teacher-student discrepancy, as RobustSeg's abstract describes it ("reduces representation discrepancies
+  between the teacher and student by optimizing functional entropy"). Per stage and modality, each network's
+  features x are perturbed with the *same* Gaussian draws eps (sigma = the per-sample feature std);
+  f(x~) = sum over valid pixels of KL(softmax_c x || softmax_c x~) is Gat's functional, and its functional
+  Fisher information I = E_eps[|grad f|^2 / f] (which bounds its functional entropy) is computed for the
+  student and for the teacher. The penalty is ||1 / I_student - 1 / I_teacher||_2 over the samples that hold
+  the modality (Gat's "max_ent" inverse information, taken relative to the teacher), times ``rrm_inner``.
+  It is exactly 0 when student == teacher (same features, same draws) and positive otherwise.
+
+KD, HPDM with own-modality pairing, and RRM are exactly 0 when the student equals the teacher. Cross-modal
+HPDM pairs compare two different modalities' prototypes, so they are 0 only where those agree.
 """
 
 from __future__ import annotations
@@ -126,38 +132,68 @@ def hpdm_loss(
     return total / max(n, 1)
 
 
+def functional_information(x: Tensor, noise: Tensor, valid: Tensor, eps: float = 1e-8) -> Tensor:
+    """Gat et al.'s functional Fisher information of a feature map under Gaussian perturbation, per sample.
+
+    f(x~) = sum over valid pixels of KL(softmax_c(x) || softmax_c(x~)) with x~ = x + sigma * noise and sigma the
+    per-sample std of x (not differentiated). Per pixel, grad_x~ f = softmax_c(x~) - softmax_c(x), so
+    |grad f|^2 is computed in closed form (no double backward). Both sums run over pixels, so the ratio does
+    not grow with the feature-map size.
+
+    Args:
+        x: (B, C, h, w) float32 features; noise: (n, B, C, h, w) standard normal draws; valid: (B, h, w) bool.
+    Returns:
+        (B,) I = mean over the n draws of |grad f|^2 / f.
+    """
+    sigma = x.detach().flatten(1).std(dim=1).view(1, -1, 1, 1, 1)  # (1, B, 1, 1, 1)
+    log_p = F.log_softmax(x, dim=1).unsqueeze(0)  # (1, B, C, h, w)
+    log_q = F.log_softmax(x.unsqueeze(0) + sigma * noise, dim=2)  # (n, B, C, h, w)
+    p, q = log_p.exp(), log_q.exp()
+    w = valid.unsqueeze(0).to(x.dtype)  # (1, B, h, w)
+    f = ((p * (log_p - log_q)).sum(dim=2) * w).sum(dim=(2, 3))  # (n, B)
+    grad_sq = ((q - p).pow(2).sum(dim=2) * w).sum(dim=(2, 3))  # (n, B)
+    return (grad_sq / (f + eps)).mean(dim=0)
+
+
 def rrm_loss(
     student_feats: Mapping[str, list[Tensor]],
     teacher_feats: Mapping[str, list[Tensor]],
     *,
+    student_masks: Mapping[str, Tensor] | None = None,
     n_samples: int = 4,
     generator: torch.Generator | None = None,
     eps: float = 1e-8,
 ) -> Tensor:
-    """Functional-entropy regulariser: sum over (stage, modality) of ||1 / I||_2, I = E[|grad f|^2 / f]."""
-    total = None
+    """Sum over (stage, modality) of ||1 / I_student - 1 / I_teacher||_2 over the samples holding the modality.
+
+    Student and teacher share the noise draws, and the information is taken over the student's valid pixels
+    for both, so the term is exactly 0 when the student's features equal the teacher's.
+    """
+    terms: list[Tensor] = []
     for m, s_stages in student_feats.items():
         if m not in teacher_feats:
             continue
-        for fs, ft in zip(s_stages, teacher_feats[m], strict=True):
-            fs32, ft32 = fs.float(), ft.detach().float()
-            b = fs32.shape[0]
-            xs = fs32.repeat(n_samples, 1, 1, 1)  # (n*B, C, h, w)
-            xt = ft32.repeat(n_samples, 1, 1, 1)
-            xs = xs + torch.randn(xs.shape, generator=generator, device=xs.device) * fs32.detach().std()
-            xt = xt + torch.randn(xt.shape, generator=generator, device=xt.device) * ft32.std()
-            if not xs.requires_grad:  # a frozen student: still well defined, no gradient to pass on
-                xs = xs.detach().requires_grad_(True)
-            lt = F.log_softmax(xt, dim=1)
-            f = (lt.exp() * (lt - F.log_softmax(xs, dim=1))).sum(dim=1).flatten(1).mean(dim=1)  # (n*B,)
-            (grad,) = torch.autograd.grad(f.sum(), xs, create_graph=True)
-            info = grad.flatten(1).pow(2).sum(dim=1) / (f + eps)  # (n*B,)
-            info = info.reshape(n_samples, b).mean(dim=0)  # E over perturbations: (B,)
-            term = torch.linalg.vector_norm(1.0 / (info + eps), ord=2)
-            total = term if total is None else total + term
-    if total is None:
-        return next(iter(student_feats.values()))[0].new_zeros(())
-    return total
+        for i, (fs, ft) in enumerate(zip(s_stages, teacher_feats[m], strict=True)):
+            if fs.shape != ft.shape:
+                raise ValueError(
+                    f"stage {i}: student features {tuple(fs.shape)}, teacher {tuple(ft.shape)}; use equal sizes"
+                )
+            h, w = fs.shape[-2:]
+            if student_masks is not None and m in student_masks:
+                valid = _resize_valid(student_masks[m], (h, w))
+            else:
+                valid = torch.ones((fs.shape[0], h, w), dtype=torch.bool, device=fs.device)
+            has = valid.flatten(1).any(dim=1)  # (B,) samples where the student holds the modality
+            if not bool(has.any()):
+                continue
+            noise = torch.randn((n_samples, *fs.shape), generator=generator, device=fs.device)
+            inv_s = 1.0 / (functional_information(fs.float(), noise, valid, eps) + eps)
+            with torch.no_grad():
+                inv_t = 1.0 / (functional_information(ft.detach().float(), noise, valid, eps) + eps)
+            terms.append(torch.linalg.vector_norm((inv_s - inv_t)[has], ord=2))
+    if not terms:
+        return next(iter(student_feats.values()))[0].new_zeros((), dtype=torch.float32)
+    return torch.stack(terms).sum()
 
 
 class RobustSegLoss(nn.Module):
@@ -189,18 +225,16 @@ class RobustSegLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.ce_weight, self.kd_weight, self.hpdm_weight, self.rrm_weight = (
-            ce_weight,
-            kd_weight,
-            hpdm_weight,
-            rrm_weight,
-        )
-        self.rrm_inner, self.temperature, self.hpdm_temperature = rrm_inner, temperature, hpdm_temperature
-        self.cross_modal_prob, self.rrm_samples, self.ignore_index = (
-            cross_modal_prob,
-            rrm_samples,
-            ignore_index,
-        )
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.hpdm_weight = hpdm_weight
+        self.rrm_weight = rrm_weight
+        self.rrm_inner = rrm_inner
+        self.temperature = temperature
+        self.hpdm_temperature = hpdm_temperature
+        self.cross_modal_prob = cross_modal_prob
+        self.rrm_samples = rrm_samples
+        self.ignore_index = ignore_index
 
     def forward(
         self,
@@ -227,7 +261,11 @@ class RobustSegLoss(nn.Module):
             generator=generator,
         )
         rrm = self.rrm_inner * rrm_loss(
-            student.features, teacher.features, n_samples=self.rrm_samples, generator=generator
+            student.features,
+            teacher.features,
+            student_masks=student_masks,
+            n_samples=self.rrm_samples,
+            generator=generator,
         )
         total = self.ce_weight * ce + self.kd_weight * kd + self.hpdm_weight * hpdm + self.rrm_weight * rrm
         return {

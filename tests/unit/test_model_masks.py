@@ -35,8 +35,12 @@ def test_masked_values_change_nothing(name):
             m: torch.where(masks[m].unsqueeze(1), x, 1e3 * torch.randn_like(x)) for m, x in inputs.items()
         }
         out = model(noisy, masks)
-    assert torch.equal(ref.logits, out.logits)
-    assert torch.equal(ref.robustness, out.robustness)
+        nodata = {m: x.masked_fill(~masks[m].unsqueeze(1), float("nan")) for m, x in inputs.items()}
+        nodata["s2"][:, 0].masked_fill_(~masks["s2"], float("inf"))
+        out_nan = model(nodata, masks)
+    for o in (out, out_nan):
+        assert torch.equal(ref.logits, o.logits)
+        assert torch.equal(ref.robustness, o.robustness)
     # and the values do matter where they are valid (the test can fail)
     with torch.no_grad():
         changed = model({m: x + 1.0 for m, x in inputs.items()}, masks)
