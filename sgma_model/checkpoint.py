@@ -102,6 +102,12 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        fmt = data.get("format", CARD_FORMAT)
+        if fmt != CARD_FORMAT:
+            raise CheckpointError(
+                f"model card format {fmt!r} is not the one this sgma_model reads ({CARD_FORMAT}); "
+                "upgrade sgma-batch or re-save the checkpoint"
+            )
         try:
             return cls(
                 architecture=str(data["architecture"]),
@@ -183,11 +189,17 @@ class ModelCard:
         return ((np.asarray(array, dtype=np.float32) - mean) / std).astype(np.float32)
 
     def check_model(self, model: MultiModalSegmenter) -> None:
-        """Raise CardMismatchError where the card's modalities/classes do not describe ``model``."""
-        if self.band_counts() != model.band_counts or self.modality_names != model.modalities:
+        """Raise CardMismatchError naming the first modality/class field that does not describe ``model``."""
+        if self.modality_names != model.modalities:
             raise CardMismatchError(
-                f"card modalities {self.band_counts()} do not match the model's {model.band_counts}"
+                f"card modalities ({', '.join(self.modality_names)}) are not the model's "
+                f"({', '.join(model.modalities)}), in order"
             )
+        for name, count in self.band_counts().items():
+            if count != model.band_counts[name]:
+                raise CardMismatchError(
+                    f"card lists {count} bands for {name!r}, the model's stem takes {model.band_counts[name]}"
+                )
         if len(self.classes) != model.num_classes:
             raise CardMismatchError(
                 f"card lists {len(self.classes)} classes, the model has {model.num_classes}"
@@ -332,7 +344,10 @@ def load_checkpoint(
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights} as safetensors: {exc}") from None
-    model = create_model(card.architecture, **card.arguments)
+    try:
+        model = create_model(card.architecture, **card.arguments)
+    except (TypeError, ValueError) as exc:  # arguments the architecture does not take
+        raise CardMismatchError(f"card arguments do not fit {card.architecture}: {exc}") from None
     card.check_model(model)
     expected = model.state_dict()
     for name, tensor in expected.items():
