@@ -26,8 +26,10 @@ def predict(
         inputs: modality -> (B, C, H, W) normalised (``card.normalise``); absent modalities missing.
         masks: optional modality -> (B, H, W) bool, True = valid.
         device: where to run (default: the model's device). The model is moved there.
-        amp_dtype: torch.bfloat16 / torch.float16 autocast on CUDA; None = fp32 (the CPU default).
-        channels_last: NHWC memory format for the inputs and the model (faster convs on GPU).
+        amp_dtype: torch.bfloat16 / torch.float16 autocast (meant for CUDA; CPU autocast runs it too, which the
+            tests use to check it); None = fp32, the CPU default. Softmaxes over modalities stay float32.
+        channels_last: NHWC memory format for the inputs and the model (faster convs on GPU); the model
+            keeps that format afterwards.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()

@@ -18,14 +18,21 @@ def test_predict_fp32_matches_forward_and_keeps_model_trainable():
     model = create_model("sgma_tiny").eval()
     inputs = make_inputs(("s2", "s1"), 2, 64, 64)
     masks = {"s2": torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.4}
+    masks["s1"] = torch.ones(2, 64, 64, dtype=torch.bool)
+    masks["s1"][:, :8, :8] = masks["s2"][:, :8, :8] = False  # pixels with no modality at all
     with torch.no_grad():
         ref = model(inputs, masks)
     out = predict(model, inputs, masks)
     assert out.logits.dtype == torch.float32 and torch.equal(out.logits, ref.logits)
-    low = predict(model, inputs, masks, amp_dtype=torch.bfloat16, channels_last=True)
-    assert low.logits.dtype == torch.float32
-    assert (low.logits - ref.logits).abs().max() < 0.1
-    assert torch.allclose(low.robustness.sum(dim=1)[low.valid], torch.ones(int(low.valid.sum())), atol=1e-4)
+    # the GPU path (autocast + channels_last) run on CPU: finite, float32 out, close to fp32
+    # (measured max |logit difference| 0.013 bf16, 0.0013 fp16; logits std 0.36)
+    for amp, tol in ((torch.bfloat16, 0.04), (torch.float16, 0.005)):
+        low = predict(model, inputs, masks, amp_dtype=amp, channels_last=True)
+        assert low.logits.dtype == torch.float32 and torch.isfinite(low.logits).all()
+        assert (low.logits - ref.logits).abs().max() < tol, amp
+        assert (low.logits.argmax(1) == ref.logits.argmax(1)).float().mean() > 0.98, amp
+        ones = torch.ones(int(low.valid.sum()))
+        assert torch.allclose(low.robustness.sum(dim=1)[low.valid], ones, atol=1e-4)
     model.train()
     model(inputs, masks).logits.sum().backward()  # parameters are not inference tensors
     assert model.encoder.stems["s2"].conv.weight.grad is not None
