@@ -1,18 +1,17 @@
 """The KubeRay manifests of ``deploy/kuberay``, rendered offline and validated against real schemas.
 
-kubectl/kustomize are not available here, so :func:`render` implements the subset of kustomize the
-manifests use (resources, namespace, labels, images, configMapGenerator, strategic-merge patches with
-lists merged by ``name``/``groupName`` and ``$patch: delete``). RayCluster / RayJob / RayCronJob are
-validated against the KubeRay v1.7.0 CRD schemas with unknown fields rejected; built-in kinds with
-kubernetes-validate in strict mode.
+Every overlay is rendered by the real kustomize (``kubectl kustomize``, which needs no cluster).
+RayCluster / RayJob / RayCronJob are validated against the KubeRay v1.7.0 CRD schemas with unknown fields
+rejected; built-in kinds with kubernetes-validate in strict mode.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import json
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,106 +26,21 @@ KUBERAY = REPO / "deploy" / "kuberay"
 CRD_DIR = SHARED / "schemas" / "kuberay-v1.7.0"
 OVERLAYS = sorted(p.name for p in (KUBERAY / "overlays").iterdir() if p.is_dir())
 K8S_VERSION = "1.33"
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume"}
-LIST_KEYS = ("name", "groupName")
 
 
-# -- a minimal kustomize ------------------------------------------------------------------------------
-def _load_docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def _merge(base: Any, patch: Any) -> Any:
-    """Strategic merge for the shapes used here: maps recursively, lists of named maps by key."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for key, value in patch.items():
-            if value is None:
-                out.pop(key, None)
-            elif key in out:
-                out[key] = _merge(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-        return out
-    if isinstance(base, list) and isinstance(patch, list) and patch and all(isinstance(p, dict) for p in patch):
-        key = next((k for k in LIST_KEYS if all(k in p for p in patch) and all(k in b for b in base)), None)
-        if key is not None:
-            out = [copy.deepcopy(b) for b in base]
-            for item in patch:
-                idx = next((i for i, b in enumerate(out) if b[key] == item[key]), None)
-                if idx is None:
-                    out.append(copy.deepcopy(item))
-                else:
-                    out[idx] = _merge(out[idx], item)
-            return out
-    return copy.deepcopy(patch)
-
-
-def _ident(doc: dict[str, Any]) -> tuple[str, str, str]:
-    return doc["apiVersion"], doc["kind"], doc["metadata"]["name"]
-
-
-def _set_images(node: Any, images: list[dict[str, str]]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("containers", "initContainers") and isinstance(value, list):
-                for c in value:
-                    name = c.get("image", "").split(":")[0]
-                    for img in images:
-                        if img["name"] == name:
-                            c["image"] = f"{img.get('newName', name)}:{img['newTag']}" if "newTag" in img else img.get(
-                                "newName", name
-                            )
-            _set_images(value, images)
-    elif isinstance(node, list):
-        for item in node:
-            _set_images(item, images)
-
-
-KNOWN_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches", "configMapGenerator",
-              "generatorOptions"}
+# -- rendering with the real kustomize -------------------------------------------------------------------
+@functools.cache
+def _kustomize(directory: Path) -> str:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "rendering deploy/kuberay needs kubectl (its built-in kustomize runs offline); install kubectl"
+    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    """Render a kustomization directory like ``kubectl kustomize`` for the features used in deploy/."""
-    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kust) - KNOWN_KEYS
-    assert not unknown, f"{directory}: kustomize features the test renderer does not implement: {unknown}"
-    docs: list[dict[str, Any]] = []
-    for res in kust.get("resources", []):
-        path = (directory / res).resolve()
-        docs.extend(render(path) if path.is_dir() else _load_docs(path))
-    hashless = kust.get("generatorOptions", {}).get("disableNameSuffixHash", False)
-    for gen in kust.get("configMapGenerator", []):
-        assert hashless, "name suffix hashes need name-reference rewriting, which the renderer does not do"
-        data = {Path(f).name: (directory / f).read_text() for f in gen.get("files", [])}
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
-    for patch in kust.get("patches", []):
-        pdoc = yaml.safe_load((directory / patch["path"]).read_text()) if "path" in patch else yaml.safe_load(
-            patch["patch"]
-        )
-        matches = [i for i, d in enumerate(docs) if _ident(d) == _ident(pdoc)]
-        assert len(matches) == 1, f"patch {patch} matches {len(matches)} resources"
-        if pdoc.get("$patch") == "delete":
-            del docs[matches[0]]
-        else:
-            docs[matches[0]] = _merge(docs[matches[0]], pdoc)
-    if "images" in kust:
-        for d in docs:
-            _set_images(d, kust["images"])
-    for entry in kust.get("labels", []):
-        for d in docs:
-            d["metadata"].setdefault("labels", {}).update(entry["pairs"])
-    if "namespace" in kust:
-        ns = kust["namespace"]
-        for d in docs:
-            if d["kind"] not in CLUSTER_SCOPED:
-                d["metadata"]["namespace"] = ns
-            if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
-                for s in d.get("subjects", []):
-                    if s.get("kind") == "ServiceAccount":
-                        s["namespace"] = ns
-    return docs
+    """``kubectl kustomize DIRECTORY`` as a list of documents (a fresh copy on every call)."""
+    return [d for d in yaml.safe_load_all(_kustomize(directory.resolve())) if d]
 
 
 # -- schemas ------------------------------------------------------------------------------------------
@@ -186,7 +100,7 @@ def rendered(overlay: str) -> list[dict[str, Any]]:
 
 
 def ray_clusters(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Every RayCluster spec, standalone or inside a RayJob / RayCronJob / the cron's RayJob template."""
+    """Every RayCluster spec, standalone or inside a RayJob / RayCronJob."""
     out = []
     for d in docs:
         if d["kind"] == "RayCluster":
@@ -198,38 +112,25 @@ def ray_clusters(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]
     return out
 
 
-def embedded_rayjobs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """RayJob manifests shipped inside ConfigMaps (the template the CronJob submits)."""
-    out = []
-    for d in docs:
-        if d["kind"] == "ConfigMap":
-            for name, text in d.get("data", {}).items():
-                if name.endswith(".yaml"):
-                    inner = yaml.safe_load(text)
-                    if isinstance(inner, dict) and inner.get("kind") == "RayJob":
-                        out.append(inner)
-    return out
-
-
 # -- tests --------------------------------------------------------------------------------------------
 def test_overlays_exist_and_render() -> None:
     assert set(OVERLAYS) == {"dev", "production", "raycronjob"}
     for overlay in OVERLAYS:
         kinds = sorted(d["kind"] for d in rendered(overlay))
-        assert "RayCluster" in kinds and kinds.count("RayJob") == 2, (overlay, kinds)
+        assert "RayCluster" in kinds and kinds.count("RayJob") == 3, (overlay, kinds)  # run, train, cron template
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_document_validates(overlay: str) -> None:
     docs = rendered(overlay)
     checked = 0
-    for doc in docs + embedded_rayjobs(docs):
+    for doc in docs:
         if doc["apiVersion"].startswith("ray.io/"):
             assert validate_crd(doc) == [], f"{doc['kind']}/{doc['metadata']['name']}"
         else:
             validate_builtin(doc)
         checked += 1
-    assert checked == len(docs) + 1  # every document plus the cron's RayJob template
+    assert checked == len(docs) >= 10
 
 
 @pytest.mark.parametrize(
@@ -270,7 +171,7 @@ def test_a_misspelt_field_fails_builtin_validation() -> None:
 def test_pod_templates_inside_ray_resources_are_valid_pods(overlay: str) -> None:
     docs = rendered(overlay)
     templates = 0
-    for name, spec in ray_clusters(docs + embedded_rayjobs(docs)):
+    for name, spec in ray_clusters(docs):
         groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
         for group in groups:
             pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": group["template"]["spec"]}
@@ -286,7 +187,7 @@ def test_cluster_shape_security_and_exposure(overlay: str) -> None:
     assert namespaces == {"sgma-dev" if overlay == "dev" else "sgma"}
     assert not [d for d in docs if d["kind"] == "Ingress"]
     assert not [d for d in docs if d["kind"] == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")]
-    clusters = ray_clusters(docs + embedded_rayjobs(docs))
+    clusters = ray_clusters(docs)
     assert len(clusters) >= 4
     for name, spec in clusters:
         assert spec["rayVersion"] == "2.60.0", name
@@ -321,7 +222,7 @@ def test_cluster_shape_security_and_exposure(overlay: str) -> None:
 
 
 def _rayjob(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
-    jobs = [d for d in docs + embedded_rayjobs(docs) if d["kind"] == "RayJob"
+    jobs = [d for d in docs if d["kind"] == "RayJob"
             and d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
     assert len(jobs) == 1, component
     return jobs[0]
@@ -391,40 +292,48 @@ def test_cronjob_forbids_overlap_and_has_exactly_the_rbac_it_needs() -> None:
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"])
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
-    assert {("ray.io", "rayjobs", "create"), ("ray.io", "rayjobs", "get")} <= granted
-    assert all(g == "ray.io" for g, _, _ in granted) and not any(v in ("delete", "*") for _, _, v in granted)
-    # the pod runs the submit script on the template, both from the mounted ConfigMap
+    # exactly what submit_rayjob.py calls: GET template/status, list+delete old runs, create the new one
+    assert granted == {("ray.io", "rayjobs", v) for v in ("get", "list", "create", "delete")}
+    # the pod runs the submit script from the mounted ConfigMap on the template RayJob of this namespace
     submit = next(d for d in docs if d["metadata"]["name"] == "sgma-reprocess-submit")
     args = pod["containers"][0]["command"] + pod["containers"][0]["args"]
-    assert Path(args[1]).name in submit["data"] and Path(args[args.index("--template") + 1]).name in submit["data"]
-    compile(submit["data"]["submit_rayjob.py"], "submit_rayjob.py", "exec")
+    assert Path(args[1]).name in submit["data"]
+    template = next(d for d in docs if d["kind"] == "RayJob" and d["metadata"]["name"] == args[args.index("--template") + 1])
+    assert template["spec"]["suspend"] is True and template["metadata"]["namespace"] == "sgma"
+    assert len(f"{args[args.index('--prefix') + 1]}-20250101-000000") <= 47  # KubeRay's RayJob name limit
 
 
-def test_raycronjob_overlay_replaces_the_cronjob() -> None:
+def test_only_the_cron_template_is_suspended_and_it_gets_the_overlay_images() -> None:
+    """The template is an ordinary resource, so the overlay's images reach the RayJobs the cron creates."""
+    docs = rendered("production")
+    suspended = [d["metadata"]["name"] for d in docs if d["kind"] == "RayJob" and d["spec"].get("suspend")]
+    assert suspended == ["sgma-reprocess-template"]
+    for name, spec in ray_clusters(docs):
+        for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+            for c in group["template"]["spec"]["containers"]:
+                assert c["image"].startswith("ghcr.io/your-org/sgma-batch:0.1.0-"), (name, c["image"])
+
+
+def test_raycronjob_overlay_replaces_the_cronjob_with_the_same_job() -> None:
     docs = rendered("raycronjob")
     assert not [d for d in docs if d["kind"] == "CronJob"]
     rcj = next(d for d in docs if d["kind"] == "RayCronJob")
     cron = next(d for d in rendered("production") if d["kind"] == "CronJob")
     assert rcj["spec"]["schedule"] == cron["spec"]["schedule"]
-    template = next(j for j in embedded_rayjobs(docs))
-    assert rcj["spec"]["jobTemplate"]["entrypoint"] == template["spec"]["entrypoint"]
-    production = {c["image"] for _, s in ray_clusters(rendered("production")) for g in
-                  (s["headGroupSpec"], *s["workerGroupSpecs"]) for c in g["template"]["spec"]["containers"]}
-    ours = {c["image"] for g in (rcj["spec"]["jobTemplate"]["rayClusterSpec"]["headGroupSpec"],
-                                 *rcj["spec"]["jobTemplate"]["rayClusterSpec"]["workerGroupSpecs"])
-            for c in g["template"]["spec"]["containers"]}
-    assert ours <= production
+    template = next(d for d in docs if d["kind"] == "RayJob" and d["spec"].get("suspend"))
+    assert rcj["spec"]["jobTemplate"] == {k: v for k, v in template["spec"].items() if k != "suspend"}
 
 
-def test_renderer_applies_patches_and_namespace() -> None:
-    """The renderer itself: a patch merges into the named worker group and leaves the rest alone."""
-    base = {d["metadata"]["name"]: d for d in render(KUBERAY / "base") if d["kind"] == "RayCluster"}["sgma"]
-    prod = {d["metadata"]["name"]: d for d in rendered("production") if d["kind"] == "RayCluster"}["sgma"]
-    assert base["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 4
-    assert prod["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 16
-    assert prod["spec"]["workerGroupSpecs"][0]["template"] == _merge(
-        base["spec"]["workerGroupSpecs"][0]["template"], {"spec": {"containers": [{"name": "ray-worker",
-                                                                                    "image": prod["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"]}]}}
-    )
-    assert "namespace" not in base["metadata"] and prod["metadata"]["namespace"] == "sgma"
-    json.dumps(prod)
+@pytest.mark.parametrize(("overlay", "max_gpu_workers"), [("dev", 1), ("production", 16)])
+def test_overlay_patches_change_one_field_and_keep_the_worker_group_whole(overlay: str, max_gpu_workers: int) -> None:
+    """A strategic-merge patch would replace the CRD's whole workerGroupSpecs list; the JSON patch must not."""
+    base = next(d for d in render(KUBERAY / "base") if d["kind"] == "RayCluster")
+    ours = next(d for d in rendered(overlay) if d["kind"] == "RayCluster")
+    (b_group,), (o_group,) = base["spec"]["workerGroupSpecs"], ours["spec"]["workerGroupSpecs"]
+    assert o_group["maxReplicas"] == max_gpu_workers != b_group["maxReplicas"]
+    differing = {k for k in b_group.keys() | o_group.keys() if b_group.get(k) != o_group.get(k)}
+    assert differing <= {"maxReplicas", "template"}  # template: the image only
+    b_pod, o_pod = b_group["template"]["spec"], o_group["template"]["spec"]
+    assert {k for k in b_pod if b_pod[k] != o_pod.get(k)} <= {"containers"}
+    assert [c["image"] for c in o_pod["containers"]] != [c["image"] for c in b_pod["containers"]]
+    assert "namespace" not in base["metadata"] and ours["metadata"]["namespace"] in ("sgma", "sgma-dev")
