@@ -23,6 +23,7 @@ from typing import Any
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from sgma_batch.aoi import split_antimeridian
 from sgma_batch.scenes import Scene
 from sgma_batch.search import TIMELESS_MODALITIES, parse_window
 
@@ -67,12 +68,16 @@ def plan_cell(
     """Rank the candidate scenes of each modality for one grid cell.
 
     Args:
-        cell_lonlat_geometry: the cell footprint in CRS84 (shapely or GeoJSON mapping).
+        cell_lonlat_geometry: the cell footprint in CRS84 (shapely or GeoJSON mapping); one across the
+            antimeridian may jump 360° or run past 180°.
         scenes_by_modality: search results, ``{modality: [Scene, ...]}``.
         start, end: the time window.
         max_candidates: keep at most this many per modality (default: all).
     """
     cell = cell_lonlat_geometry if isinstance(cell_lonlat_geometry, BaseGeometry) else shape(cell_lonlat_geometry)
+    # A cell across ±180° arrives as a ring that jumps 360° (odc-geo's to_crs does not wrap): cut it at 180°
+    # into its two real parts, or it would read as a band around the whole globe.
+    cell = split_antimeridian(cell)
     t0, t1 = parse_window(start, end)
     centre = t0 + (t1 - t0) / 2
     covered: dict[str, list[tuple[Scene, float]]] = {}

@@ -4,6 +4,7 @@ The static in-process path must return exactly the same scene ids on the same it
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from servers import (
     rustac_server,
     write_item_collection,
 )
+from shapely.geometry import MultiPolygon, box, mapping
 
 from sgma_batch.aoi import load_aoi
 from sgma_batch.errors import CatalogUnreachableError, TooManyItemsError, UnsafeAssetError
@@ -29,6 +31,8 @@ STAC_ES10 = STAC_DIR / "earthsearch_sentinel-2-c1-l2a_10items.json"
 STAC_S1 = STAC_DIR / "pc_sentinel-1-rtc_4items.json"
 DENVER = (-105.2, 39.9, -105.0, 40.1)  # tile 13TDE
 LIBYA = (14.0, 30.0, 14.5, 30.5)  # PC sentinel-1-rtc items
+FIJI = (179.8, -17.2, -179.8, -16.5)  # across the antimeridian (west > east)
+FIJI_EAST = (-179.9, -17.2, -179.6, -16.5)  # only east of 180°
 CASES = [
     # (aoi, start, end, collections, query)
     (DENVER, "2024-04-01", "2024-04-30", None, None),
@@ -38,7 +42,29 @@ CASES = [
     (LIBYA, "2024-04-19T04:59:12Z", "2024-04-20", None, None),
     (LIBYA, "2024-04-01", "2024-04-30", "s1=sentinel-1-rtc", {"sat:orbit_state": "descending"}),
     ((-82.0, 25.5, -81.5, 26.0), "2020-01-01", "2020-01-31", "s1=sentinel1-rtc-aws", None),  # AWS RTC (gamma0_*)
+    (FIJI, "2024-04-01", "2024-04-30", None, None),
+    (FIJI_EAST, "2024-04-01", "2024-04-30", None, None),
 ]
+
+
+def antimeridian_items() -> list[dict]:
+    """A real Earth Search c1 item moved to 180°E: footprints on either side, one split at 180° as real
+    catalogues split them, one just east of the AOI and one at Greenwich (half the globe away)."""
+    base = load_features(STAC_ES10)[0]
+    places = {
+        "west-of-180": box(179.5, -17.5, 180, -16),
+        "east-of-180": box(-180, -17.5, -179.5, -16),
+        "split-at-180": MultiPolygon([box(179.95, -16.9, 180, -16.6), box(-180, -16.9, -179.95, -16.6)]),
+        "east-beyond": box(-179.7, -17.5, -179.0, -16),
+        "greenwich": box(-0.5, -17.5, 0.5, -16),
+    }
+    out = []
+    for name, geom in places.items():
+        item = copy.deepcopy(base)
+        item["id"] = f"S2A_T60KYA_{name}"
+        item["geometry"], item["bbox"] = mapping(geom), list(geom.bounds)
+        out.append(item)
+    return out
 
 
 def _ids(result):
@@ -46,14 +72,19 @@ def _ids(result):
 
 
 @pytest.fixture(scope="module")
-def all_items_file(tmp_path_factory) -> Path:
-    items = [i for f in real_item_files() for i in load_features(f)]
+def antimeridian_file(tmp_path_factory) -> Path:
+    return write_item_collection(antimeridian_items(), tmp_path_factory.mktemp("am") / "antimeridian.json")
+
+
+@pytest.fixture(scope="module")
+def all_items_file(tmp_path_factory, antimeridian_file) -> Path:
+    items = [i for f in (*real_item_files(), antimeridian_file) for i in load_features(f)]
     return write_item_collection(items, tmp_path_factory.mktemp("static") / "items.json")
 
 
 @pytest.fixture(scope="module")
-def rustac_url(tmp_path_factory):
-    with rustac_server(real_item_files(), tmp_path_factory.mktemp("rustac")) as url:
+def rustac_url(tmp_path_factory, antimeridian_file):
+    with rustac_server([*real_item_files(), antimeridian_file], tmp_path_factory.mktemp("rustac")) as url:
         yield url
 
 
@@ -92,9 +123,8 @@ def test_retries_on_transient_errors_including_post(rustac_url, status):
 
 
 def test_gives_up_after_retries_with_a_clear_error(rustac_url):
-    with fault_proxy(rustac_url, failures=50, status=503) as proxy:
-        with pytest.raises(CatalogUnreachableError) as e:
-            search_scenes(proxy.url, load_aoi(DENVER), "2024-04-01", "2024-04-30", retries=2, backoff_factor=0.01)
+    with fault_proxy(rustac_url, failures=50, status=503) as proxy, pytest.raises(CatalogUnreachableError) as e:
+        search_scenes(proxy.url, load_aoi(DENVER), "2024-04-01", "2024-04-30", retries=2, backoff_factor=0.01)
     assert e.value.exit_code == 20 and proxy.url in str(e.value)
 
 
@@ -114,7 +144,7 @@ def test_local_asset_hrefs_from_a_remote_catalogue_are_refused(rustac_url):
 
 @pytest.fixture(scope="module")
 def pgstac_url():
-    items = [i for f in real_item_files() for i in load_features(f)]
+    items = [i for f in real_item_files() for i in load_features(f)] + antimeridian_items()
     by_coll: dict[str, list] = {}
     for i in items:
         by_coll.setdefault(i["collection"], []).append(i)
@@ -141,6 +171,16 @@ def test_pgstac_query_and_filter_match_static_and_rustac(pgstac_url, rustac_url,
     # the unfiltered pgstac search agrees with static too
     assert _ids(search_scenes(pgstac_url, aoi, "2024-04-01", "2024-04-30")) == _ids(
         search_scenes(all_items_file, aoi, "2024-04-01", "2024-04-30"))
+
+
+def test_antimeridian_aoi_finds_the_scenes_on_both_sides(pgstac_url, rustac_url, all_items_file):
+    """An AOI across 180° (given as a bbox with west > east) is searched as its two parts split at 180°:
+    the same scenes on both sides from the in-process path, rustac and pgstac; none half the globe away."""
+    aoi = load_aoi(FIJI)
+    found = {name: _ids(search_scenes(cat, aoi, "2024-04-01", "2024-04-30"))
+             for name, cat in (("static", all_items_file), ("rustac", rustac_url), ("pgstac", pgstac_url))}
+    expected = {"s2": [f"S2A_T60KYA_{n}" for n in ("east-of-180", "split-at-180", "west-of-180")], "s1": []}
+    assert found == {"static": expected, "rustac": expected, "pgstac": expected}
 
 
 def test_static_catalog_json_and_rustac_agree(tmp_path):

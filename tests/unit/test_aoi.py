@@ -112,18 +112,59 @@ def test_area_guard(tmp_path):
     assert load_aoi((10.0, 40.0, 12.0, 42.0), max_area_km2=None).area_km2 > 30000
 
 
-def test_antimeridian_is_refused(tmp_path):
-    crossing = {"type": "Polygon", "coordinates": [[[179.5, -17], [-179.5, -17], [-179.5, -16], [179.5, -16], [179.5, -17]]]}
+# 0.4° x 0.5° across 180°E at Fiji's latitude, in every form a user may give it
+_WRAPPED = [[[179.8, -17], [-179.8, -17], [-179.8, -16.5], [179.8, -16.5], [179.8, -17]]]  # jumps 359.6°
+_UNWRAPPED = [[[179.8, -17], [180.2, -17], [180.2, -16.5], [179.8, -16.5], [179.8, -17]]]
+_SPLIT = [[[[179.8, -17], [180, -17], [180, -16.5], [179.8, -16.5], [179.8, -17]]],
+          [[[-180, -17], [-179.8, -17], [-179.8, -16.5], [-180, -16.5], [-180, -17]]]]
+
+
+def test_antimeridian_crossing_is_split_at_180(tmp_path):
+    forms = [
+        load_aoi(_write(tmp_path, {"type": "Polygon", "coordinates": _WRAPPED}, "w.json")),
+        load_aoi(_write(tmp_path, {"type": "Polygon", "coordinates": _UNWRAPPED}, "u.json")),
+        load_aoi(_write(tmp_path, {"type": "MultiPolygon", "coordinates": _SPLIT}, "s.json")),
+        load_aoi((179.8, -17, -179.8, -16.5)),  # RFC 7946 bbox: west > east
+    ]
+    east_half, west_half = load_aoi((179.8, -17, 180, -16.5)), load_aoi((-180, -17, -179.8, -16.5))
+    for aoi in forms:
+        assert aoi.geometry.geom_type == "MultiPolygon" and len(aoi.geometry.geoms) == 2 and aoi.geometry.is_valid
+        assert aoi.geometry.equals(forms[0].geometry)
+        assert -180 <= aoi.geometry.bounds[0] and aoi.geometry.bounds[2] <= 180
+        assert aoi.geometry.intersects(east_half.geometry) and aoi.geometry.intersects(west_half.geometry)
+        assert aoi.area_km2 == pytest.approx(east_half.area_km2 + west_half.area_km2, rel=1e-9)  # ~ 2 x 1,240 km2
+        assert aoi.bbox == pytest.approx((179.8, -17, -179.8, -16.5))  # west > east
+        assert aoi.utm_zones == (60, 1) and aoi.utm_epsg in (32760, 32701)  # centroid on 180°, not on 0°
+        assert not aoi.repaired
+    # two islands on either side (not touching 180): the centroid still lies near 180°, not at Greenwich
+    islands = load_aoi({"type": "MultiPolygon", "coordinates": [
+        [[[178.0, -17], [178.3, -17], [178.3, -16.7], [178.0, -16.7], [178.0, -17]]],
+        [[[-179.3, -17], [-179.0, -17], [-179.0, -16.7], [-179.3, -16.7], [-179.3, -17]]]]}, max_area_km2=None)
+    assert islands.utm_epsg == 32760 and islands.bbox == pytest.approx((178.0, -17, -179.0, -16.7))  # zone 60 S
+
+
+def test_antimeridian_hole_and_ordinary_aoi_unchanged():
+    holed = load_aoi({"type": "Polygon", "coordinates": [
+        [[179.5, -17], [-179.5, -17], [-179.5, -16.8], [179.5, -16.8], [179.5, -17]],
+        [[179.9, -16.95], [-179.9, -16.95], [-179.9, -16.85], [179.9, -16.85], [179.9, -16.95]]]})
+    outer = load_aoi((179.5, -17, -179.5, -16.8))
+    hole = load_aoi((179.9, -16.95, -179.9, -16.85))
+    assert holed.area_km2 == pytest.approx(outer.area_km2 - hole.area_km2, rel=1e-9)
+    assert not holed.geometry.intersects(hole.geometry.buffer(-1e-6))
+    # an AOI away from 180° is kept exactly as given (its WKB feeds the run's config hash)
+    geom = {"type": "Polygon", "coordinates": SQUARE}
+    from shapely.geometry import shape
+
+    assert load_aoi(geom).geometry.wkb == shape(geom).wkb
+
+
+def test_ring_around_a_pole_is_refused(tmp_path):
+    around = {"type": "Polygon", "coordinates": [[[-180, 80], [-60, 80], [60, 80], [179, 80], [-180, 80]]]}
     with pytest.raises(AOIAntimeridianError) as e:
-        load_aoi(_write(tmp_path, crossing))
-    assert e.value.exit_code == 16 and "split" in _one_line(e.value)
-    split = {"type": "MultiPolygon", "coordinates": [
-        [[[179.5, -17], [180, -17], [180, -16], [179.5, -16], [179.5, -17]]],
-        [[[-180, -17], [-179.5, -17], [-179.5, -16], [-180, -16], [-180, -17]]]]}
-    with pytest.raises(AOIAntimeridianError):
-        load_aoi(_write(tmp_path, split, "s.json"))
-    with pytest.raises(AOIAntimeridianError):
-        load_aoi((179.5, -17, -179.5, -16))
+        load_aoi(_write(tmp_path, around), max_area_km2=None)
+    assert e.value.exit_code == 16 and "pole" in _one_line(e.value)
+    with pytest.raises(AOIProjectedCoordinatesError):  # west > east outside lon range is no bbox
+        load_aoi((500000.0, 4200000.0, 400000.0, 4300000.0))
 
 
 def test_multi_zone_policy_uses_centroid_zone(caplog):

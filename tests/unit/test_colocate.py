@@ -76,3 +76,22 @@ def test_sar_by_time_to_the_chosen_optical_scene_and_dem_any():
     assert with_dem.available == frozenset({"s1", "dem"})  # DEM ignores the window
     away = plan_cell(box(0, 0, 0.1, 0.1), {"s1": [near], "dem": [dem]}, t - timedelta(days=10), t + timedelta(days=10))
     assert away.available == frozenset() and away.candidates == {"s1": (), "dem": ()}
+
+
+def test_cell_across_the_antimeridian_is_cut_at_180():
+    """A UTM zone 60 cell over 180°E, as odc-geo hands it (a lon/lat ring that jumps 360°), finds the scenes
+    on both sides with their real cover, and not a scene half the globe away."""
+    from odc.geo.geobox import GeoBox
+    from pyproj import Transformer
+
+    x180, y = Transformer.from_crs(4326, 32760, always_xy=True).transform(180.0, -16.75)
+    cell = GeoBox.from_bbox((x180 - 2000, y - 2000, x180 + 2000, y + 2000), "epsg:32760", resolution=10)
+    ring = cell.extent.to_crs("EPSG:4326").geom
+    xs = [x for x, _ in ring.exterior.coords]
+    assert max(xs) > 179.9 and min(xs) < -179.9  # the jump the plan must survive
+    base = _real_s2()[0]
+    west = dataclasses.replace(base, id="west-of-180", cloud_cover=20.0, geometry=mapping(box(179.5, -17.5, 180, -16)))
+    east = dataclasses.replace(base, id="east-of-180", cloud_cover=10.0, geometry=mapping(box(-180, -17.5, -179.5, -16)))
+    far = dataclasses.replace(base, id="greenwich", cloud_cover=0.0, geometry=mapping(box(-0.5, -17.5, 0.5, -16)))
+    plan = plan_cell(ring, {"s2": [far, west, east]}, "2024-04-01", "2024-04-30")
+    assert [s.id for s in plan.candidates["s2"]] == ["east-of-180", "west-of-180"]  # each covers ~half; less cloud first
