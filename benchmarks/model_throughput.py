@@ -5,7 +5,7 @@ row runs in a fresh subprocess so that peak memory = growth of max RSS over the 
 CUDA (when available): bf16 autocast + channels_last, optionally torch.compile; peak memory from
 torch.cuda.max_memory_allocated. Prints a table and writes benchmarks/results/model_throughput.json.
 
-    python benchmarks/model_throughput.py --variants sgma_tiny sgma_small --size 128 --batch 2
+    python benchmarks/model_throughput.py --variants sgma_tiny mean_fusion_tiny sgma_small --size 128 --batch 2
 """
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ MODALITIES = {"s2": 10, "s1": 2, "dem": 1}
 RESULTS = Path(__file__).resolve().parent / "results" / "model_throughput.json"
 
 
-def _subsets(all_subsets: bool) -> list[tuple[str, ...]]:
-    if not all_subsets:
-        return [("s2", "s1", "dem"), ("s2",), ("s1",), ("s1", "dem")]
-    names = list(MODALITIES)
-    return [c for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+ALL_SUBSETS = [
+    "+".join(c) for r in range(len(MODALITIES), 0, -1) for c in itertools.combinations(MODALITIES, r)
+]
 
 
 def bench(
@@ -43,6 +41,7 @@ def bench(
     torch.manual_seed(0)
     model = create_model(name, modalities=MODALITIES, num_classes=7).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    n_encoder = sum(p.numel() for p in model.encoder.parameters())
     inputs = {m: torch.randn(batch, MODALITIES[m], size, size) for m in subset}
     cuda = device == "cuda"
     amp = torch.bfloat16 if cuda else None
@@ -81,6 +80,7 @@ def bench(
         "dtype": "bf16" if cuda else "fp32",
         "compiled": compile_,
         "params_m": round(n_params / 1e6, 3),
+        "encoder_params_m": round(n_encoder / 1e6, 3),
         "batch": batch,
         "size_px": size,
         "ms_per_batch": round(dt * 1e3, 2),
@@ -100,14 +100,19 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["sgma_tiny", "mean_fusion_tiny", "sgma_small"])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--all-subsets", action="store_true")
+    ap.add_argument(
+        "--subsets", nargs="+", default=ALL_SUBSETS, metavar="A+B", help="modality subsets (default: all 7)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA only)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "SUBSET", "COMPILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for subset in args.subsets:
+        if not subset or not set(subset.split("+")) <= set(MODALITIES):
+            ap.error(f"subset {subset!r}: join modalities from {', '.join(MODALITIES)} with '+'")
     torch.set_num_threads(args.threads)
     if args.one:  # child process: one row as JSON on stdout
         name, subset, comp = args.one
@@ -118,14 +123,14 @@ def main() -> None:
         return
     rows = []
     for name in args.variants:
-        for subset in _subsets(args.all_subsets):
+        for subset in args.subsets:
             for comp in ("0", "1") if args.compile and args.device == "cuda" else ("0",):
                 cmd = [
                     sys.executable,
                     __file__,
                     "--one",
                     name,
-                    "+".join(subset),
+                    subset,
                     comp,
                     "--size",
                     str(args.size),
@@ -147,6 +152,7 @@ def main() -> None:
         "dtype",
         "compiled",
         "params_m",
+        "encoder_params_m",
         "ms_per_batch",
         "mpx_per_s",
         "peak_mem_mb",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,7 +12,9 @@ model_app = typer.Typer(help="Inspect registered model architectures and checkpo
 
 
 @model_app.command("list")
-def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """List the registered model names."""
     from sgma_model import list_models as _list
 
@@ -21,8 +24,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
 @model_app.command("info")
 def info(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint directory (model.safetensors + card.json)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole model card as JSON."),
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (model.safetensors + card.json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole model card as JSON.")] = False,
 ) -> None:
     """Show a checkpoint's model card: architecture, modalities and bands, classes, metrics."""
     from sgma_model.checkpoint import read_card

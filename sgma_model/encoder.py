@@ -11,7 +11,7 @@ samples that hold a modality (a sub-batch) gives the same features as encoding t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +119,3 @@ class SharedEncoder(nn.Module):
             h = self.stages[i](h)
             feats.append(self.out_norms[i](h))
         return feats
-
-
-def stage_channels(feature_info: Sequence[FeatureInfo]) -> list[int]:
-    return [f.channels for f in feature_info]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -43,20 +42,3 @@ def sgma_loss(
     if out.mas_logits is not None and mas_weight:
         loss = loss + mas_weight * masked_cross_entropy(out.mas_logits, target, out.mas_valid, ignore_index)
     return loss
-
-
-class SGMALoss(torch.nn.Module):
-    """Module form of :func:`sgma_loss`."""
-
-    def __init__(self, fused_weight: float = 2.0, mas_weight: float = 1.0, ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        self.fused_weight, self.mas_weight, self.ignore_index = fused_weight, mas_weight, ignore_index
-
-    def forward(self, out: SegmentationOutput, target: Tensor) -> Tensor:
-        return sgma_loss(
-            out,
-            target,
-            fused_weight=self.fused_weight,
-            mas_weight=self.mas_weight,
-            ignore_index=self.ignore_index,
-        )

@@ -22,7 +22,7 @@ _REGISTRY: dict[str, ModelFn] = {}
 DEFAULT_MODALITIES: Mapping[str, int] = {"s2": 10, "s1": 2, "dem": 1}
 DECODER_DIMS: Mapping[str, int] = {"tiny": 128, "small": 256, "base": 512}
 
-# kind -> (fusion, mas, mas_sampling)
+# kind -> (fusion, mas, mas_sampling); the sampling rule only matters where mas is True
 KINDS: Mapping[str, tuple[str, bool, str]] = {
     "sgma": ("sgf", True, "softmin"),
     "sgf_only": ("sgf", False, "softmin"),

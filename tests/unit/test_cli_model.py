@@ -1,4 +1,5 @@
-"""``sgma-batch --help`` stays light; ``model list`` and ``model info`` work on a real checkpoint."""
+"""``sgma-batch --help`` / ``--version`` / ``model --help`` import no heavy library; ``model list`` and
+``model info`` work on a real checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from sgma_batch import __version__
 from sgma_model import ModelCard, create_model, list_models, save_checkpoint
 from sgma_model.testing import CLASSES, MODALITIES, card_modalities
 
@@ -17,10 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 from cli.app import main
-try:
-    main(["--help"])
-except SystemExit as exc:
-    assert exc.code in (0, None), exc.code
+for args in (["--help"], ["--version"], ["model", "--help"]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), (args, exc.code)
 heavy = sorted(m for m in ("torch", "ray", "rasterio", "xarray", "zarr") if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 """
@@ -42,7 +45,8 @@ def test_help_imports_no_heavy_library():
         [sys.executable, "-c", _PROBE], check=False, cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Usage" in proc.stdout
+    assert "Usage" in proc.stdout and "model" in proc.stdout and "info" in proc.stdout
+    assert f"sgma-batch {__version__}\n" in proc.stdout
     assert "HEAVY=\n" in proc.stdout, proc.stdout.splitlines()[-1]
 
 
