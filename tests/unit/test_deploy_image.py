@@ -69,10 +69,13 @@ def test_torch_is_pinned_to_the_build_for_the_image(name: str) -> None:
     torch_install = next(argv for argv in installs if any(a.startswith("torch") for a in argv))
     index = torch_install[torch_install.index("--index-url") + 1]
     if name == "Dockerfile":
-        assert index.startswith("https://download.pytorch.org/whl/cu") or "${cuda_tag}" in index
-        # the CUDA tag is derived from the base image's CUDA_VERSION and checked after install
+        # "-gpu" is Ray's CUDA 12.1.1 image; torch 2.13.0 has no cu121 build, so a CUDA 12 build is named
+        # explicitly and the build checks both the wheel's tag and that its CUDA major is the image's
+        tag = _resolve_args(cmds, index).removeprefix("https://download.pytorch.org/whl/")
+        assert tag in ("cu126", "cu128", "cu129"), index  # CUDA 12 builds that torch 2.x ships; never cu121
         run = " ".join(c.original for c in cmds if c.cmd == "RUN" and "torch.version.cuda" in c.original)
-        assert "CUDA_VERSION" in run and "assert torch.version.cuda ==" in run
+        assert "CUDA_VERSION" in run and "torch.version.cuda.split('.')[0] == image" in run
+        assert "torch.__version__.endswith('+${TORCH_CUDA}')" in run
     else:
         assert index == "https://download.pytorch.org/whl/cpu"
 
