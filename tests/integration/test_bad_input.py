@@ -55,6 +55,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "notjson.geojson").write_text("{this is not json")
     (root / "empty.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
     (root / "nogeom.geojson").write_text(json.dumps({"type": "Feature", "geometry": None, "properties": {}}))
+    (root / "around-pole.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [  # wraps 360°
+        [[-180, 89], [-60, 89], [60, 89], [179, 89], [-180, 89]]]}))
     (root / "projected.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [
         [[500300, 4999800], [503500, 4999800], [503500, 4997600], [500300, 4997600], [500300, 4999800]]]}))
     (root / "notgeojson.json").write_text(json.dumps({"name": "my field", "coords": [1, 2]}))
@@ -126,7 +128,7 @@ CASES = [
     ("aoi-null-geometry", lambda w: ["--aoi", str(w["root"] / "nogeom.geojson")], 12, "null geometry"),
     ("aoi-projected-no-crs", lambda w: ["--aoi", str(w["root"] / "projected.geojson")], 14, "CRS84"),
     ("aoi-over-size-guard", lambda w: ["--aoi", "5,40,25,55"], 15, "guard"),
-    ("aoi-antimeridian", lambda w: ["--aoi", "179.5,-17,-179.5,-16"], 16, "antimeridian"),
+    ("aoi-around-pole", lambda w: ["--aoi", str(w["root"] / "around-pole.geojson")], 16, "pole"),
     ("dates-invalid", lambda w: ["--start", "2024-13-45"], 22, "cannot parse time"),
     ("dates-reversed", lambda w: ["--start", "2024-07-01", "--end", "2024-06-01"], 22, "before it starts"),
     ("search-empty", lambda w: ["--start", "2031-01-01", "--end", "2031-01-31"], 4, "no scenes"),
