@@ -24,6 +24,7 @@ import numpy as np
 from odc.geo import geom
 from odc.geo.geobox import GeoBox, GeoboxTiles
 
+from sgma_batch.aoi import split_antimeridian
 from sgma_batch.errors import StoreUnwritableError, UsageError
 from sgma_batch.synthetic import stac
 from sgma_batch.synthetic.cog import BLOCK_PX, CogWriter
@@ -234,12 +235,16 @@ def _footprint(geobox: GeoBox, edge: HalfPlane | None) -> tuple[dict[str, Any], 
             geobox.crs,
         )
         poly = poly & half
-    ll = poly.to_crs("epsg:4326", resolution=math.inf)
-    shape = ll.geom
-    coords = [[round(float(x), 7), round(float(y), 7)] for x, y in shape.exterior.coords]
-    xs = [c[0] for c in coords]
-    ys = [c[1] for c in coords]
-    return {"type": "Polygon", "coordinates": [coords]}, [min(xs), min(ys), max(xs), max(ys)]
+    # An extent across 180° comes back as a ring that jumps 360°: cut it there, as real catalogues do.
+    shape = split_antimeridian(poly.to_crs("epsg:4326", resolution=math.inf).geom)
+    rings = [[[round(float(x), 7), round(float(y), 7)] for x, y in part.exterior.coords]
+             for part in getattr(shape, "geoms", [shape])]
+    xs = [c[0] for ring in rings for c in ring]
+    ys = [c[1] for ring in rings for c in ring]
+    bbox = [min(xs), min(ys), max(xs), max(ys)]
+    if len(rings) == 1:
+        return {"type": "Polygon", "coordinates": rings}, bbox
+    return {"type": "MultiPolygon", "coordinates": [[ring] for ring in rings]}, bbox
 
 
 def _file_fields(path: Path) -> dict[str, Any]:

@@ -81,3 +81,39 @@ def test_synthetic_scenes_harmonise_to_physical_units(archive):
     vv, ok = p1.harmonise(s1, {"vv": vv_lin, "vh": vv_lin})
     assert ok.any()
     np.testing.assert_allclose(vv[0][ok], 10 * np.log10(vv_lin[ok]), rtol=1e-5)
+
+
+def test_an_archive_and_a_run_across_the_antimeridian(tmp_path):
+    """A 1.5 km archive in UTM zone 60 centred on 180°E: its footprints are split at 180°, an AOI given as a
+    bbox with west > east finds every modality, and a run maps the pixels on both sides with all three."""
+    import odc.geo.xr  # noqa: F401 - the .odc accessor
+    import xarray as xr
+    from pyproj import Transformer
+
+    from sgma_batch.run import RunSpec, plan_run, run_mosaic
+
+    x180, y = Transformer.from_crs(4326, 32760, always_xy=True).transform(180.0, -16.75)
+    info = generate_archive(tmp_path / "fiji", seed=2, size_km=(1.5, 1.5), origin_utm=(x180 - 750, y + 750),
+                            epsg=32760, dates=2)
+    aoi = "179.997,-16.755,-179.997,-16.745"
+    found = search_scenes(info.catalog_path, load_aoi(aoi), "2024-05-01", "2024-05-31")
+    assert [len(found[m]) for m in ("s2", "s1", "dem")] == [2, 2, 1]
+    for scene in (s for scenes in found.values() for s in scenes):
+        assert scene.geometry["type"] == "MultiPolygon"
+        xs = [c[0] for part in scene.geometry["coordinates"] for c in part[0]]
+        assert min(xs) == -180.0 and max(xs) == 180.0 and all(-180 <= x <= 180 for x in xs)
+    spec = RunSpec(aoi=aoi, start="2024-05-01", end="2024-05-31", catalog=str(info.catalog_path),
+                   out=str(tmp_path / "fiji.zarr"), tile_px=128, halo_px=16, executor="sequential")
+    plan = plan_run(spec, measure=False)
+    assert plan.tiles_with == {"s2": plan.tiles, "s1": plan.tiles, "dem": plan.tiles} and plan.tiles >= 1
+    summary = run_mosaic(spec)
+    assert summary.exit_code == 0 and summary.computed == summary.tiles
+    ds = xr.open_zarr(spec.out, decode_coords="all")
+    lon, _ = Transformer.from_crs(ds.odc.crs.epsg, 4326, always_xy=True).transform(
+        *np.meshgrid(ds.x.values, ds.y.values))
+    mask = ds["modality_mask"].values
+    inside = mask > 0
+    west, east = inside & (lon > 0), inside & (lon < 0)  # pixel centres either side of 180°
+    assert west.sum() > 1000 and east.sum() > 1000
+    assert (mask[inside] == 7).all()  # s2 + s1 + dem on both sides
+    assert (ds["class"].values[inside] < 7).all()
