@@ -7,10 +7,11 @@ takes a run lock in every target store first (so two schedules never write one s
 calls :func:`sgma_batch.run.run_mosaic` for each entry. ``run_mosaic`` skips tiles whose content hash is
 unchanged, so a rerun over an unchanged archive recomputes nothing.
 
-The lock is a file created atomically beside the store, ``<store>.sgma-lock`` (``O_CREAT | O_EXCL`` on a file system; an
-exclusive create, i.e. a conditional write, through fsspec on an object store) that records who holds it
-(host, pid, time). A held lock is refused with :class:`~sgma_batch.errors.StoreLockedError` (exit 42)
-before anything is written; a lock left by a crashed job is broken only on request (``break_lock``).
+The lock is a file created atomically beside the store, ``<store>.sgma-lock`` (``O_CREAT | O_EXCL``), that
+records who holds it (host, pid, time). A held lock is refused with
+:class:`~sgma_batch.errors.StoreLockedError` (exit 42) before anything is written; a lock left by a crashed
+job is broken only on request (``break_lock``). Stores are paths (a shared volume on a cluster), like the
+``--out`` of ``run``; an object-store URL is refused when the spec is read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import json
 import logging
 import os
 import socket
+import string
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -31,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sgma_batch.errors import SgmaError, SpecError, StoreLockedError, StoreUnwritableError
+from sgma_batch.errors import NothingFoundError, SgmaError, SpecError, StoreLockedError, StoreUnwritableError
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,8 @@ class StoreSpec(_Strict):
     @field_validator("path")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        import string
-
+        if _is_url(value):
+            raise ValueError("stores are paths (e.g. on a shared volume); object-store URLs are not supported by run")
         for _, key, _, _ in string.Formatter().parse(value):
             if key is not None and key not in _TEMPLATE_KEYS:
                 raise ValueError(f"unknown placeholder {{{key}}} in store path; known: {', '.join(_TEMPLATE_KEYS)}")
@@ -133,7 +136,7 @@ class ReprocessSpec(_Strict):
     @model_validator(mode="after")
     def _unique_names(self) -> ReprocessSpec:
         for kind, names in (("AOI", [a.name for a in self.aois]), ("store", [s.name for s in self.stores])):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            dupes = _duplicates(names)
             if dupes:
                 raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
         return self
@@ -251,8 +254,7 @@ def expand_periods(periods: Sequence[WindowSpec | WindowSeriesSpec]) -> list[Per
             }[p.every]
             out.append(Period(name, max(first, p.start), min(last, p.end)))
             year, month = end_year + end_month // 12, end_month % 12 + 1
-    names = [p.name for p in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = _duplicates([p.name for p in out])
     if dupes:
         raise SpecError(f"periods overlap in name: {', '.join(dupes)}; give explicit windows distinct names")
     return out
@@ -260,6 +262,10 @@ def expand_periods(periods: Sequence[WindowSpec | WindowSeriesSpec]) -> list[Per
 
 def _is_url(value: str) -> bool:
     return "://" in value
+
+
+def _duplicates(values: Sequence[str]) -> list[str]:
+    return sorted({v for v in values if values.count(v) > 1})
 
 
 def _resolve(value: str, base: Path) -> str:
@@ -305,8 +311,7 @@ def expand_spec(spec: ReprocessSpec, base_dir: Path) -> list[ReprocessEntry]:
                         options=tuple(sorted(options.items())),
                     )
                 )
-    stores = [e.store for e in entries]
-    dupes = sorted({s for s in stores if stores.count(s) > 1})
+    dupes = _duplicates([e.store for e in entries])
     if dupes:
         raise SpecError(
             f"{len(dupes)} store path(s) would be written by several entries (e.g. {dupes[0]}); "
@@ -330,32 +335,18 @@ class LockInfo:
         return f"held by pid {self.pid} on {self.host} since {self.created}"
 
 
-def lock_path(store: str | Path) -> str:
-    """Where the run lock of a store lives (a local path or a URL)."""
-    return f"{str(store).rstrip('/')}{LOCK_SUFFIX}"
-
-
-def _fs(store: str | Path) -> tuple[Any, str]:
-    """The fsspec filesystem of a URL store and the lock's path on it (None for local paths)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(store))
-    return fs, f"{root.rstrip('/')}{LOCK_SUFFIX}"
+def lock_path(store: str | Path) -> Path:
+    """Where the run lock of a store lives: ``<store>.sgma-lock`` beside it."""
+    return Path(f"{str(store).rstrip('/')}{LOCK_SUFFIX}")
 
 
 def read_lock(store: str | Path) -> LockInfo | None:
     """The current holder of a store's lock, or None when it is free."""
     try:
-        if _is_url(str(store)):
-            fs, path = _fs(store)
-            text = fs.cat_file(path).decode()
-        else:
-            text = Path(lock_path(store)).read_text()
+        raw = json.loads(lock_path(store).read_text())
+        return LockInfo(**{k: raw[k] for k in ("host", "pid", "created", "user", "note") if k in raw})
     except FileNotFoundError:
         return None
-    try:
-        raw = json.loads(text)
-        return LockInfo(**{k: raw[k] for k in ("host", "pid", "created", "user", "note") if k in raw})
     except (ValueError, TypeError, KeyError):
         return LockInfo(host="?", pid=-1, created="?", note="unreadable lock file")
 
@@ -370,27 +361,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_lock(store: str | Path) -> None:
-    if _is_url(str(store)):
-        fs, path = _fs(store)
-        try:
-            fs.rm_file(path)
-        except FileNotFoundError:
-            pass
-    else:
-        Path(lock_path(store)).unlink(missing_ok=True)
-
-
-def _create_exclusive(store: str | Path, payload: bytes) -> None:
-    """Create the lock file or raise FileExistsError; atomic on POSIX (O_EXCL) and on object stores
-    whose fsspec driver implements exclusive create (``mode="xb"``: S3 / GCS / Azure conditional writes)."""
-    if _is_url(str(store)):
-        fs, path = _fs(store)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "xb") as fh:
-            fh.write(payload)
-        return
-    path = Path(lock_path(store))
+def _create_exclusive(path: Path, payload: bytes) -> None:
+    """Create the lock file or raise FileExistsError (atomic: ``O_CREAT | O_EXCL``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     with os.fdopen(fd, "wb") as fh:
@@ -399,7 +371,7 @@ def _create_exclusive(store: str | Path, payload: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False) -> str:
+def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False) -> Path:
     """Create the store's lock file atomically; raise StoreLockedError (exit 42) when it is held.
 
     ``break_lock`` removes an existing lock first (for one left behind by a killed job); the holder it
@@ -409,16 +381,17 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False)
         holder = read_lock(store)
         if holder is not None:
             log.warning("breaking run lock of %s (%s)", store, holder.describe())
-            _remove_lock(store)
+            lock_path(store).unlink(missing_ok=True)
     info = LockInfo(
         host=socket.gethostname(),
         pid=os.getpid(),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         user=os.environ.get("USER", ""),
         note=note,
     )
+    path = lock_path(store)
     try:
-        _create_exclusive(store, json.dumps(asdict(info)).encode())
+        _create_exclusive(path, json.dumps(asdict(info)).encode())
     except FileExistsError:
         holder = read_lock(store)
         desc = holder.describe() if holder else "held"
@@ -430,17 +403,17 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False)
         ) from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise StoreUnwritableError(f"cannot write the run lock {lock_path(store)}: {exc.strerror}") from None
+            raise StoreUnwritableError(f"cannot write the run lock {path}: {exc.strerror}") from None
         raise
     log.debug("locked %s", store)
-    return lock_path(store)
+    return path
 
 
 def release_lock(store: str | Path) -> None:
     """Remove the lock if this process holds it (a lock taken over by someone else is left alone)."""
     holder = read_lock(store)
     if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        _remove_lock(store)
+        lock_path(store).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -507,13 +480,13 @@ def reprocess(
     the first error's own code when no entry finished at all.
     """
     runner = runner or run_entry
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     outcomes: list[EntryOutcome] = []
     note = f"sgma-batch reprocess {spec_path}".strip()
     with store_locks([e.store for e in entries], note=note, break_lock=break_lock):
         for entry in entries:
             outcomes.append(_run_one(entry, runner))
-    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     totals = {k: sum(getattr(o, k) for o in outcomes) for k in ("reused", "computed", "degraded", "failed")}
     totals["entries"] = len(outcomes)
     totals["errors"] = sum(o.status == "error" for o in outcomes)
@@ -528,16 +501,12 @@ def reprocess(
 
 
 def _run_one(entry: ReprocessEntry, runner: RunFn) -> EntryOutcome:
-    import time
-
-    label = dict(store_name=entry.store_name, store=entry.store, aoi=entry.aoi_name, period=entry.period.name)
+    label = {"store_name": entry.store_name, "store": entry.store, "aoi": entry.aoi_name, "period": entry.period.name}
     t0 = time.perf_counter()
     log.info("reprocess %s / %s / %s -> %s", entry.store_name, entry.aoi_name, entry.period.name, entry.store)
     try:
         summary = runner(entry)
     except SgmaError as exc:
-        from sgma_batch.errors import NothingFoundError
-
         status = "nothing_found" if isinstance(exc, NothingFoundError) else "error"
         log.warning("%s / %s / %s: %s", entry.store_name, entry.aoi_name, entry.period.name, exc)
         return EntryOutcome(

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_archive  # noqa: E402
 
 from sgma_batch.errors import StoreLockedError  # noqa: E402
-from sgma_batch.reprocess import acquire_lock, expand_spec, load_spec, reprocess  # noqa: E402
+from sgma_batch.reprocess import acquire_lock, expand_spec, load_spec, lock_path, reprocess  # noqa: E402
 from sgma_batch.store import read_manifest  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -66,12 +66,15 @@ def test_unchanged_archive_recomputes_nothing_and_a_new_scene_only_its_tiles(job
     assert (o2.computed, o2.reused) == (0, o1.computed)
     assert again.exit_code == 0
 
+    before = read_manifest(entries[0].store)
     archive = base / "archive"
     run_archive.add_scene(archive, run_archive.s1_item(archive, "s1-new", 10, w=100, seed=3))
     third = reprocess(entries, spec_path=str(job))
     (o3,) = third.entries
-    touched = {t for t, r in read_manifest(entries[0].store).items() if "s1-new" in r["scenes"]["s1"]}
+    after = read_manifest(entries[0].store)
+    touched = {t for t, r in after.items() if "s1-new" in r["scenes"]["s1"]}
     assert 0 < len(touched) < o1.computed
+    assert {t for t in after if after[t] != before[t]} == touched  # every other tile's record is untouched
     assert (o3.computed, o3.reused) == (len(touched), o1.computed - len(touched))
     assert third.totals["computed"] == len(touched)
 
@@ -80,21 +83,27 @@ def test_a_held_lock_refuses_with_exit_42_and_writes_nothing(job: Path) -> None:
     spec, base = load_spec(job)
     (entry,) = expand_spec(spec, base)
     acquire_lock(entry.store)
-    with pytest.raises(StoreLockedError):
+    held = lock_path(entry.store).read_bytes()
+    files = sorted(p.relative_to(job.parent) for p in job.parent.rglob("*"))
+    with pytest.raises(StoreLockedError) as err:
         reprocess([entry])
-    assert not Path(entry.store).exists()
+    assert err.value.exit_code == 42
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     report = job.parent / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "cli.app", "reprocess", "--spec", str(job), "--report", str(report)],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
     )
     assert proc.returncode == 42, proc.stderr
-    assert "is locked" in proc.stderr and not Path(entry.store).exists() and not report.exists()
+    assert f"store {entry.store} is locked, held by pid {os.getpid()}" in proc.stderr
+    assert "--break-lock" in proc.stderr and proc.stdout == ""
+    # nothing written: no store, no report, the holder's lock untouched, not one new file anywhere
+    assert sorted(p.relative_to(job.parent) for p in job.parent.rglob("*")) == files
+    assert not Path(entry.store).exists() and lock_path(entry.store).read_bytes() == held
     # --break-lock takes the (stale) lock over and runs; the report is written
     proc = subprocess.run(
         [sys.executable, "-m", "cli.app", "reprocess", "--spec", str(job), "--report", str(report), "--break-lock"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(report.read_text())

@@ -98,7 +98,7 @@ def test_spec_expands_to_aois_x_periods_x_stores_with_paths_resolved(tmp_path: P
     assert first.aoi == str(tmp_path / "aoi.geojson")
     assert first.catalog == str(tmp_path / "archive" / "catalog.json")
     assert dict(first.options) == {"tile_px": 512}
-    box = [e for e in entries if e.aoi_name == "box"][0]
+    box = next(e for e in entries if e.aoi_name == "box")
     assert box.aoi == (14.0, 50.0, 14.1, 50.1)
     v2 = [e for e in entries if e.store_name == "v2"]
     assert v2[0].store == "/data/v2/demo-2024-01-15-2024-01-31.zarr"
@@ -115,6 +115,7 @@ def test_spec_expands_to_aois_x_periods_x_stores_with_paths_resolved(tmp_path: P
         ({"stores": [{"name": "main", "path": "out/{region}.zarr"}]}, "unknown placeholder"),
         ({"aois": []}, "aois"),
         ({"unknown_key": 1}, "unknown_key"),
+        ({"stores": [{"name": "main", "path": "s3://bucket/{aoi}/{period}.zarr"}]}, "object-store URLs"),
     ],
 )
 def test_bad_specs_fail_with_a_spec_error_naming_the_field(tmp_path: Path, override, message: str) -> None:
@@ -150,17 +151,6 @@ def test_lock_records_holder_and_a_second_acquire_is_refused(tmp_path: Path) -> 
     assert f"pid {os.getpid()}" in str(err.value)
     release_lock(store)
     assert read_lock(store) is None
-
-
-def test_object_store_lock_uses_exclusive_create(tmp_path: Path) -> None:
-    store = f"memory://sgma-test-{os.getpid()}/{tmp_path.name}/a.zarr"
-    acquire_lock(store)
-    assert read_lock(store).pid == os.getpid()
-    with pytest.raises(StoreLockedError, match="is locked"):
-        acquire_lock(store)
-    release_lock(store)
-    assert read_lock(store) is None
-    acquire_lock(store)  # free again
 
 
 def _try_lock(store: str, queue) -> None:  # runs in a child process
@@ -250,11 +240,11 @@ def test_cli_exits_42_on_a_held_lock_and_writes_a_report_otherwise(tmp_path: Pat
     acquire_lock(store)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "cli.app", "reprocess", "--spec", str(spec_path), "--report", str(tmp_path / "r.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert proc.returncode == 42, proc.stderr
     assert "locked" in proc.stderr and "--break-lock" in proc.stderr
     assert not (tmp_path / "r.json").exists()
-    dry = subprocess.run(cmd[:-2] + ["--dry-run", "--json"], capture_output=True, text=True, cwd=REPO, env=env,
+    dry = subprocess.run([*cmd[:-2], "--dry-run", "--json"], check=False, capture_output=True, text=True, cwd=REPO, env=env,
                          timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert [row["out"] for row in json.loads(dry.stdout)] == [str(store)]
