@@ -216,7 +216,7 @@ class ModelCard:
             hint = f" [{m.collection_hint}]" if m.collection_hint else ""
             lines.append(f"  {m.name}{hint}: " + ", ".join(b.name for b in m.bands))
         lines.append("classes:      " + ", ".join(f"{i}={c.name}" for i, c in enumerate(self.classes)))
-        metrics = self.training.get("metrics") if isinstance(self.training, dict) else None
+        metrics = self.training.get("metrics")
         for key, value in sorted(self.training.items()):
             if key != "metrics":
                 lines.append(f"training.{key}: {value}")

@@ -76,7 +76,6 @@ def modality_dropout(
     has = torch.stack([base[n].flatten(1).any(dim=1) for n in names], dim=1)  # (B, M)
     m = len(names)
     # uniform non-empty subset of the present ones: redraw bits until non-empty (bounded, vectorised)
-    keep = has.clone()
     apply = torch.rand(b, generator=generator, device=dev) < subset_prob
     draw = torch.zeros_like(has)
     todo = apply & has.any(dim=1)
@@ -88,7 +87,7 @@ def modality_dropout(
         draw[ok] = bits[ok]
         todo = todo & ~ok
     draw[todo] = has[todo]  # practically never: fall back to all present
-    keep = torch.where(apply.unsqueeze(1), draw, keep)
+    keep = torch.where(apply.unsqueeze(1), draw, has)  # (B, M)
     holes_for = set(names if hole_modalities is None else hole_modalities)
     out: dict[str, Tensor] = {}
     for i, n in enumerate(names):
