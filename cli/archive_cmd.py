@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,7 +16,7 @@ archive_app = typer.Typer(help="Synthetic scene archives: the demo catalogue, te
 
 @archive_app.command("synth")
 def synth(
-    out_dir: Path = typer.Argument(..., help="New or empty folder to write the archive into."),
+    out_dir: Annotated[Path, typer.Argument(help="New or empty folder to write the archive into.")],
     seed: int = typer.Option(0, "--seed", help="World and weather seed; same seed, same bytes."),
     size_km: tuple[float, float] = typer.Option((5.0, 5.0), "--size-km", help="Extent width and height in km."),
     epsg: int = typer.Option(32633, "--epsg", help="WGS 84 / UTM EPSG code of the rasters (326xx / 327xx)."),

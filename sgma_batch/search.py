@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from shapely.geometry import shape
+from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from sgma_batch.aoi import AOI
+from sgma_batch.aoi import AOI, split_antimeridian
 from sgma_batch.errors import (
     CatalogError,
     CatalogUnreachableError,
@@ -382,7 +382,7 @@ def _api_search(
     client: Any,
     url: str,
     choice: CollectionChoice,
-    aoi: AOI,
+    geometry: BaseGeometry,
     start: datetime | None,
     end: datetime | None,
     query: Mapping[str, Any] | None,
@@ -395,7 +395,7 @@ def _api_search(
 
     kwargs: dict[str, Any] = {
         "collections": [choice.collection],
-        "intersects": aoi.geojson,
+        "intersects": mapping(geometry),  # an AOI across 180° is a MultiPolygon split there: both parts
         "limit": page_size,
         "max_items": max_items + 1,
     }
@@ -491,7 +491,6 @@ def search_scenes(
         available = static.collections
         local_ok = True
     choices = select_collections(available, collections, modalities, catalog=cat)
-    aoi_obj = aoi if isinstance(aoi, AOI) else None
     results: dict[str, list[Scene]] = {}
     for mod, choice in choices.items():
         q = _query_for(query, mod)
@@ -500,8 +499,7 @@ def search_scenes(
             matcher = _filter_matcher(filter)
             items = [i for i in static.search(choice.collection, geom, w0, w1) if matcher(i)]
         else:
-            api_aoi = aoi_obj or AOI(geometry=geom, area_km2=0.0, utm_epsg=0, bbox=tuple(geom.bounds))
-            items = _api_search(client, cat, choice, api_aoi, w0, w1, q, filter, max_items, page_size)
+            items = _api_search(client, cat, choice, geom, w0, w1, q, filter, max_items, page_size)
         items = [i for i in items if matches_query(i, q)]
         if len(items) > max_items:
             raise TooManyItemsError(
@@ -532,11 +530,10 @@ def search_scenes(
 
 
 def _aoi_geometry(aoi: AOI | BaseGeometry | Mapping[str, Any]) -> BaseGeometry:
+    """The lon/lat search geometry; a raw geometry across 180° is split there as :func:`load_aoi` does."""
     if isinstance(aoi, AOI):
         return aoi.geometry
-    if isinstance(aoi, BaseGeometry):
-        return aoi
-    return shape(aoi)
+    return split_antimeridian(aoi if isinstance(aoi, BaseGeometry) else shape(aoi))
 
 
 def profile_of(scene: Scene) -> SensorProfile:

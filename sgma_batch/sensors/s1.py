@@ -25,7 +25,7 @@ def s1_band_of_asset(key: str, asset: Mapping[str, Any]) -> str | None:
             return name
     k = key.lower()
     for pol in S1_BANDS:
-        if k == pol or k.endswith(f"_{pol}") or k.endswith(f"-{pol}"):
+        if k == pol or k.endswith((f"_{pol}", f"-{pol}")):
             return pol
     return None
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from sgma_batch.scenes import S2_BANDS, Scene
+from sgma_batch.sensors._items import item_datetime
 from sgma_batch.sensors.base import SensorProfile
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,6 @@ class _S2Base(SensorProfile):
             offset = BOA_OFFSET_DN if baseline >= (4, 0) else 0.0
             reason = f"baseline {baseline[0]:02d}.{baseline[1]:02d}"
         else:
-            from sgma_batch.sensors._items import item_datetime
-
             offset = BOA_OFFSET_DN if item_datetime(item) >= BASELINE_04_START else 0.0
             reason = "acquisition date (no baseline in item)"
             log.debug("item %s: no processing baseline, BOA offset %s by %s", item.get("id"), offset, reason)

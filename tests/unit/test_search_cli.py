@@ -70,3 +70,30 @@ def test_default_catalogue_is_the_versioned_demo_archive_in_the_run_cache(tmp_pa
     # a window without any acquisition: the timeless DEM alone is "nothing found" (exit 4), stdout empty
     empty = _run("--aoi", str(demo_aoi_path()), "--start", "2030-01-01", "--end", "2030-01-31", env=env)
     assert empty.returncode == 4 and empty.stdout == "" and empty.stderr.startswith("error: no scenes")
+
+
+def test_table_on_a_terminal():
+    """On a terminal (a real pseudo-terminal) the scenes are a table per modality; machine lines otherwise."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.app", "search", "--aoi=-105.2,39.9,-105.0,40.1", "--start",
+                             "2024-04-05", "--end", "2024-04-07", "--catalog", ES10], stdout=slave,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2], env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    proc.stderr.close()
+    screen = b"".join(chunks).decode()
+    assert "s2: 2 scenes" in screen and "cloud %" in screen and "\t" not in screen
+    assert "S2A_T13TDE_20240405T175934_L2A" in screen and "S2B_T13TDE_20240407T174209_L2A" in screen
