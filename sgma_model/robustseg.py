@@ -84,9 +84,12 @@ def _resize_labels(target: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def _resize_valid(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, H, W) bool -> (B, h, w): a feature pixel is valid if any input pixel it covers is."""
-    return F.adaptive_max_pool2d(mask[:, None].float(), size)[:, 0] > 0
+def _student_valid(masks: Mapping[str, Tensor] | None, modality: str, feat: Tensor) -> Tensor:
+    """(B, h, w) bool on the grid of ``feat``: a feature pixel is valid if any input pixel it covers is."""
+    b, _, h, w = feat.shape
+    if masks is None or modality not in masks:
+        return torch.ones((b, h, w), dtype=torch.bool, device=feat.device)
+    return F.adaptive_max_pool2d(masks[modality][:, None].float(), (h, w))[:, 0] > 0
 
 
 def hpdm_loss(
@@ -107,10 +110,7 @@ def hpdm_loss(
         for i, fs in enumerate(s_stages):
             h, w = fs.shape[-2:]
             labels = _resize_labels(target, (h, w))
-            if student_masks is not None and m in student_masks:
-                valid = _resize_valid(student_masks[m], (h, w))
-            else:
-                valid = torch.ones_like(labels, dtype=torch.bool)
+            valid = _student_valid(student_masks, m, fs)
             cross = torch.rand((), generator=generator, device=target.device).item() < cross_modal_prob
             if cross:
                 j = int(torch.randint(len(t_names), (), generator=generator, device=target.device).item())
@@ -178,11 +178,7 @@ def rrm_loss(
                 raise ValueError(
                     f"stage {i}: student features {tuple(fs.shape)}, teacher {tuple(ft.shape)}; use equal sizes"
                 )
-            h, w = fs.shape[-2:]
-            if student_masks is not None and m in student_masks:
-                valid = _resize_valid(student_masks[m], (h, w))
-            else:
-                valid = torch.ones((fs.shape[0], h, w), dtype=torch.bool, device=fs.device)
+            valid = _student_valid(student_masks, m, fs)
             has = valid.flatten(1).any(dim=1)  # (B,) samples where the student holds the modality
             if not bool(has.any()):
                 continue
