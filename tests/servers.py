@@ -618,5 +618,43 @@ def _main(argv: list[str]) -> None:
     server.serve_forever()
 
 
+# -- a proxy that drops connections (archive: retries on connection errors) -------------------------
+class _DropHandler(_FaultHandler):
+    """Closes the connection without any answer to the first ``failures`` requests of each method+path."""
+
+    def _handle(self) -> None:
+        key = f"{self.command} {self.path.split('?')[0]}"
+        with self.server.lock:
+            drop = self.server.seen[key] < self.server.failures
+            if drop:
+                self.server.seen[key] += 1
+                self.server.faults[key] += 1
+        if not drop:
+            super()._handle()
+            return
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)  # no status line: the client sees the connection die
+
+    do_GET = _handle
+    do_POST = _handle
+
+
+@contextlib.contextmanager
+def drop_proxy(upstream: str, *, failures: int = 2) -> Iterator[_FaultServer]:
+    """Like :func:`fault_proxy`, but the first ``failures`` requests of each method+path lose their
+    connection (a connection error, not an HTTP status)."""
+    server = _FaultServer(upstream, failures, 0)
+    server.RequestHandlerClass = _DropHandler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 if __name__ == "__main__":
     _main(sys.argv[1:])

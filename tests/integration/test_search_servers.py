@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from servers import (
     STAC_DIR,
+    drop_proxy,
     fault_proxy,
     load_features,
     minimal_collection,
@@ -120,6 +121,15 @@ def test_retries_on_transient_errors_including_post(rustac_url, status):
         via = search_scenes(proxy.url, aoi, "2024-04-01", "2024-04-30", retries=4, backoff_factor=0.01)
         assert proxy.faults["POST /search"] == 2 and proxy.faults["GET /collections"] == 2
     assert _ids(via) == _ids(direct)
+
+
+def test_retries_on_dropped_connections_including_post(rustac_url):
+    aoi = load_aoi(DENVER)
+    direct = search_scenes(rustac_url, aoi, "2024-04-01", "2024-04-30")
+    with drop_proxy(rustac_url, failures=2) as proxy:
+        via = search_scenes(proxy.url, aoi, "2024-04-01", "2024-04-30", retries=4, backoff_factor=0.01)
+        assert proxy.faults["POST /search"] == 2 and proxy.faults["GET /collections"] == 2
+    assert _ids(via) == _ids(direct) and any(via.values())
 
 
 def test_gives_up_after_retries_with_a_clear_error(rustac_url):
