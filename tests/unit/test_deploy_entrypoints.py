@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 import typer.main
-import yaml
+from test_deploy_manifests import rendered
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "deploy" / "README.md"
-BASE = REPO / "deploy" / "kuberay" / "base"
 
 
 def _readme_commands() -> list[list[str]]:
     """Every `sgma-batch ...` invocation in the README's bash blocks (also after `ray job submit ... --`)."""
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL):
         for line in block.splitlines():
             line = line.split(" #", 1)[0].strip().rstrip("&").strip()
             if "sgma-batch " not in line:
@@ -29,11 +28,14 @@ def _readme_commands() -> list[list[str]]:
 
 
 def _entrypoints() -> dict[str, list[str]]:
+    """The entrypoint of every RayJob and RayCronJob as kustomize renders them, keyed by kind/name."""
     out = {}
-    for path in sorted(BASE.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "RayJob":
-                out[doc["metadata"]["name"]] = shlex.split(doc["spec"]["entrypoint"])
+    for overlay in ("production", "raycronjob"):
+        for doc in rendered(overlay):
+            if doc["kind"] == "RayJob":
+                out[f"RayJob/{doc['metadata']['name']}"] = shlex.split(doc["spec"]["entrypoint"])
+            elif doc["kind"] == "RayCronJob":
+                out[f"RayCronJob/{doc['metadata']['name']}"] = shlex.split(doc["spec"]["jobTemplate"]["entrypoint"])
     return out
 
 
@@ -56,7 +58,9 @@ def _check_against_app(argv: list[str]) -> None:
 
 def test_every_rayjob_entrypoint_is_documented_verbatim() -> None:
     entrypoints = _entrypoints()
-    assert set(entrypoints) == {"sgma-run", "sgma-train", "sgma-reprocess"}
+    assert set(entrypoints) == {"RayJob/sgma-run", "RayJob/sgma-train", "RayJob/sgma-reprocess-template",
+                                "RayCronJob/sgma-reprocess"}
+    assert {argv[1] for argv in entrypoints.values()} == {"run", "train", "reprocess"}
     documented = [" ".join(c) for c in _readme_commands()]
     for name, argv in entrypoints.items():
         assert " ".join(argv) in documented, f"{name}: entrypoint not in deploy/README.md"
@@ -68,7 +72,7 @@ def test_every_documented_command_exists_with_its_flags(argv: list[str]) -> None
 
 
 def test_the_check_catches_a_wrong_flag() -> None:
-    argv = _entrypoints()["sgma-reprocess"]
+    argv = _entrypoints()["RayJob/sgma-reprocess-template"]
     _check_against_app(argv)
     with pytest.raises(AssertionError, match="no option"):
         _check_against_app([*argv, "--break-locks"])

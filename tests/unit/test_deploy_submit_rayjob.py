@@ -34,7 +34,7 @@ class FakeKube:
     """RayJobs of one namespace, a request log, and the status sequence each created RayJob goes through."""
 
     def __init__(self, statuses: list[dict[str, str]]) -> None:
-        template = next(d for d in rendered("production") if d["kind"] == "RayJob" and d["spec"].get("suspend"))
+        template = next(d for d in rendered("production") if d["metadata"]["name"] == "sgma-reprocess-template")
         self.jobs: dict[str, dict[str, Any]] = {template["metadata"]["name"]: template}
         self.statuses = statuses
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
@@ -117,7 +117,7 @@ def submit(api: str, tmp_path: Path, *extra: str, token: str = TOKEN) -> subproc
     token_file.write_text(token + "\n")
     cmd = [sys.executable, str(SCRIPT), "--api", api, "--namespace", NS, "--token-file", str(token_file),
            "--template", "sgma-reprocess-template", "--prefix", "sgma-reprocess", "--poll-s", "0", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
 
 
 def test_creates_a_valid_rayjob_from_the_template_and_exits_0_when_it_succeeds(kube, tmp_path: Path) -> None:

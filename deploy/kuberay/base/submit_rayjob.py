@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
-    name = f"{args.prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    name = f"{args.prefix}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     if len(name) > MAX_NAME:
         p.error(f"--prefix {args.prefix!r} makes the name {name!r} longer than {MAX_NAME} characters")
     context = ssl.create_default_context(cafile=args.ca_file) if args.api.startswith("https") else None
