@@ -33,7 +33,13 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=["sgma_tiny", "mean_fusion_tiny"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_recipe.json")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--merge", type=Path, nargs="*", default=None,
+                    help="only combine these JSONs (e.g. one process per arm) and select; writes --out")
     args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(f.read_text())["rows"]]
+        select(rows, str(args.merge), args.out)
+        return
 
     import ray
     import torch
@@ -65,24 +71,33 @@ def main() -> None:
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     args.out.write_text(json.dumps({"chips": str(args.chips), "rows": rows}, indent=2))
     ray.shutdown()
+    out = select(rows, str(args.chips), args.out)
+    out["wall_s"] = time.time() - t0
+    args.out.write_text(json.dumps(out, indent=2))
+
+
+def select(rows: list[dict], source: str, out_path: Path) -> dict:
+    """Print the per-arm val table and the common recipe with the best selection score; write JSON."""
+    keys = sorted({(r["epochs"], r["subset_prob"]) for r in rows})
+    archs = sorted({r["arch"] for r in rows})
     print("| epochs | subset_prob | arch | val Average (dropped) | val Last-1 (dropped) | seeds |")
     print("|---|---|---|---|---|---|")
     scores = {}
-    for epochs in args.epochs:
-        for sp in args.subset_probs:
-            sel = [r for r in rows if r["epochs"] == epochs and r["subset_prob"] == sp]
-            scores[f"e{epochs}-sp{sp}"] = float(np.mean([(r["val_dropped_average"] + r["val_dropped_last1"]) / 2
-                                                        for r in sel]))
-            for arch in args.archs:
-                a = [r for r in sel if r["arch"] == arch]
-                av = [r["val_dropped_average"] for r in a]
-                l1 = [r["val_dropped_last1"] for r in a]
-                print(f"| {epochs} | {sp} | {arch} | {np.mean(av):.2f} ± {np.std(av):.2f} | "
-                      f"{np.mean(l1):.2f} ± {np.std(l1):.2f} | {len(a)} |")
+    for epochs, sp in keys:
+        sel = [r for r in rows if r["epochs"] == epochs and r["subset_prob"] == sp]
+        scores[f"e{epochs}-sp{sp}"] = float(np.mean([(r["val_dropped_average"] + r["val_dropped_last1"]) / 2
+                                                    for r in sel]))
+        for arch in archs:
+            a = [r for r in sel if r["arch"] == arch]
+            av = [r["val_dropped_average"] for r in a]
+            l1 = [r["val_dropped_last1"] for r in a]
+            print(f"| {epochs} | {sp} | {arch} | {np.mean(av):.2f} ± {np.std(av):.2f} | "
+                  f"{np.mean(l1):.2f} ± {np.std(l1):.2f} | {len(a)} |")
     best = max(scores, key=scores.get)
     print(f"selection score (mean of (Average + Last-1) / 2 over arms and seeds): {scores}; chosen: {best}")
-    args.out.write_text(json.dumps({"chips": str(args.chips), "rows": rows, "scores": scores, "chosen": best,
-                                    "wall_s": time.time() - t0}, indent=2))
+    out = {"source": source, "split": "val", "rows": rows, "scores": scores, "chosen": best}
+    out_path.write_text(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

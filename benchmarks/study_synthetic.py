@@ -2,9 +2,11 @@
 
 Every model is trained with the same recipe on the same chip store (train split), evaluated on the test
 split with EMM in both conventions; Average and Last-1 are mean ± std over seeds. Nothing is tuned on
-the test split (the recipe is fixed up front). Prints a markdown table and writes JSON.
+the test split: the recipe (``--subset-prob``, ``--epochs``) is chosen on the val split beforehand by
+``benchmarks/study_recipe.py``. Prints a markdown table and writes JSON (``--out``); ``--merge A.json
+B.json`` prints the table of several partial runs (e.g. arms split over two processes).
 
-    python benchmarks/study_synthetic.py --chips CHIPS.zarr --seeds 0 1 2 --epochs 40
+    python benchmarks/study_synthetic.py --chips CHIPS.zarr --seeds 0 1 2 --epochs 40 --subset-prob 0.1
 """
 
 from __future__ import annotations
@@ -38,7 +40,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--only", nargs="*", default=None, help="subset of row names / 'robustseg'")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--subset-prob", type=float, default=0.7)
+    ap.add_argument("--hole-prob", type=float, default=0.3)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_synthetic.json")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None, help="only print the table of these JSONs")
     args = ap.parse_args()
+    if args.merge:
+        merged: dict[str, dict[str, list[float]]] = {}
+        for f in args.merge:
+            merged.update(json.loads(f.read_text())["results"])
+        print_table(merged)
+        return
 
     import ray
     import torch
@@ -51,8 +63,15 @@ def main() -> None:
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     common = dict(chips=args.chips, storage=work / "runs", epochs=args.epochs, batch_size=8, lr=2e-3,
                   warmup_epochs=2, workers=1)
+    recipe = dict(subset_prob=args.subset_prob, hole_prob=args.hole_prob)
     results: dict[str, dict[str, list[float]]] = {}
     t0 = time.time()
+
+    def save() -> None:
+        out = {"chips": str(args.chips), "epochs": args.epochs, "seeds": args.seeds, "recipe": recipe,
+               "results": results, "wall_s": time.time() - t0}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
 
     def record(row: str, ckpt: Path) -> None:
         rep = evaluate_checkpoint(ckpt, args.chips, protocols=("emm",))
@@ -60,6 +79,9 @@ def main() -> None:
             s = rep.find("emm", conv).summary
             for k in ("average", "last1", "top1"):
                 results.setdefault(row, {}).setdefault(f"{conv}:{k}", []).append(s[k])
+        val = evaluate_checkpoint(ckpt, args.chips, split="val", protocols=("emm",), conventions=("dropped",))
+        for k in ("average", "last1"):  # recorded for recipe checks; never used on the test numbers
+            results[row].setdefault(f"val-dropped:{k}", []).append(val.find("emm", "dropped").summary[k])
         d = rep.find("emm", "dropped").summary
         print(f"{row}: average {d['average']:.2f} last-1 {d['last1']:.2f}", file=sys.stderr, flush=True)
 
@@ -67,25 +89,27 @@ def main() -> None:
         for row, arch in ARCHS.items():
             if args.only and row not in args.only:
                 continue
-            res = train(TrainSpec(name=f"{arch}-s{seed}", model=arch, seed=seed, **common))
+            res = train(TrainSpec(name=f"{arch}-s{seed}", model=arch, seed=seed, **recipe, **common))
             record(row, res.checkpoint)
+            save()
         if not args.only or "robustseg" in args.only:
             teacher = train(TrainSpec(name=f"teacher-s{seed}", model="sgma_tiny", seed=seed, subset_prob=0.0,
                                       hole_prob=0.0, **common))
             student = train(TrainSpec(name=f"student-s{seed}", model="sgma_tiny", seed=seed,
-                                      teacher=teacher.checkpoint, **common))
+                                      teacher=teacher.checkpoint, **recipe, **common))
             record("SGMA + RobustSeg stage 2", student.checkpoint)
+            save()
     ray.shutdown()
+    print_table(results)
+
+
+def print_table(results: dict[str, dict[str, list[float]]]) -> None:
     print("| model | Average (dropped) | Last-1 (dropped) | Average (zero-filled) | Last-1 (zero-filled) | seeds |")
     print("|---|---|---|---|---|---|")
     for row, r in results.items():
         cells = [f"{np.mean(r[k]):.2f} ± {np.std(r[k]):.2f}" for k in
                  ("dropped:average", "dropped:last1", "zero-filled:average", "zero-filled:last1")]
         print(f"| {row} | " + " | ".join(cells) + f" | {len(r['dropped:average'])} |")
-    out = {"chips": str(args.chips), "epochs": args.epochs, "seeds": args.seeds, "results": results,
-           "wall_s": time.time() - t0}
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "study_synthetic.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -473,8 +473,15 @@ def find_label_item(
     from shapely.geometry import shape
 
     from sgma_batch.aoi import AOI, load_aoi
-    from sgma_batch.search import CollectionChoice, StaticCatalog, _api_search, _check_hrefs, _is_loopback, \
-        _is_url, _open_client
+    from sgma_batch.search import (
+        CollectionChoice,
+        StaticCatalog,
+        _api_search,
+        _check_hrefs,
+        _is_loopback,
+        _is_url,
+        _open_client,
+    )
 
     area = aoi if isinstance(aoi, AOI) else load_aoi(aoi)
     cat = str(catalog)

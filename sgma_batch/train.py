@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -361,7 +362,9 @@ def train_loop_per_worker(config: dict) -> None:
             ddp_model, objective, optimizer, scheduler, train_data, order, batch_size=spec.batch_size,
             generator=gen, rng=rng, dropout=dropout, device=device, autocast=autocast,
         )
-        metrics: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+        # finished_at: when this epoch was trained; a resumed run keeps the earlier epochs' values
+        metrics: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                                   "finished_at": time.time()}
         if len(val_data):
             cms = validate(model, val_data, val_idx, subsets, num_classes, batch_size=spec.batch_size,
                            device=device, autocast=autocast)

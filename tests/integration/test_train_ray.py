@@ -56,6 +56,9 @@ def test_train_two_workers_checkpoint_and_resume(tmp_path, ray_local):
     assert second.epochs == 2
     assert [h["epoch"] for h in second.history] == [0, 1]
     assert second.history[0]["loss"] == pytest.approx(first.history[0]["loss"])
+    # epoch 0 was not trained again: its record (incl. when it finished) is the first run's, verbatim
+    assert second.history[0]["finished_at"] == first.history[0]["finished_at"]
+    assert second.history[1]["finished_at"] > first.history[0]["finished_at"]
     _, card2 = load_checkpoint(second.checkpoint)
     assert card2.training["epochs"] == 2 and card2.model_hash != card.model_hash
     assert np.isfinite(second.history[1]["loss"])
