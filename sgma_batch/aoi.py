@@ -121,6 +121,9 @@ def _geometry_from_geojson(obj: Any, name: str) -> BaseGeometry:
         geoms = [g for g in geoms if not g.is_empty]
         if not geoms:
             raise AOIEmptyError(f"AOI {name} has no features with a geometry; add a Polygon")
+        for g in geoms:
+            _check_lonlat(g, name)
+        geoms = [_unwrap(g, name) for g in geoms]  # a feature across 180° must not be merged as a 359° band
         return shapely.union_all(geoms) if all(g.is_valid for g in geoms) else shapely.GeometryCollection(geoms)
     if kind == "Feature":
         geom = obj.get("geometry")

@@ -492,11 +492,11 @@ def search_scenes(
         local_ok = True
     choices = select_collections(available, collections, modalities, catalog=cat)
     results: dict[str, list[Scene]] = {}
+    matcher = _filter_matcher(filter) if static is not None else None
     for mod, choice in choices.items():
         q = _query_for(query, mod)
         w0, w1 = (None, None) if mod in TIMELESS_MODALITIES else (t0, t1)
-        if static is not None:
-            matcher = _filter_matcher(filter)
+        if static is not None and matcher is not None:
             items = [i for i in static.search(choice.collection, geom, w0, w1) if matcher(i)]
         else:
             items = _api_search(client, cat, choice, geom, w0, w1, q, filter, max_items, page_size)

@@ -136,6 +136,12 @@ def test_antimeridian_crossing_is_split_at_180(tmp_path):
         assert aoi.bbox == pytest.approx((179.8, -17, -179.8, -16.5))  # west > east
         assert aoi.utm_zones == (60, 1) and aoi.utm_epsg in (32760, 32701)  # centroid on 180°, not on 0°
         assert not aoi.repaired
+    # features of a FeatureCollection: one across 180° (wrapped), one beside it east of 180°
+    beside = [[[-179.8, -17], [-179.6, -17], [-179.6, -16.5], [-179.8, -16.5], [-179.8, -17]]]
+    fc = load_aoi(_write(tmp_path, {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": _WRAPPED}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": beside}}]}, "fc.json"))
+    assert fc.geometry.equals(load_aoi((179.8, -17, -179.6, -16.5)).geometry)
     # two islands on either side (not touching 180): the centroid still lies near 180°, not at Greenwich
     islands = load_aoi({"type": "MultiPolygon", "coordinates": [
         [[[178.0, -17], [178.3, -17], [178.3, -16.7], [178.0, -16.7], [178.0, -17]]],
