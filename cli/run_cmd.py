@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
         ),
         out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
         address: str | None = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
+        max_actors: int | None = typer.Option(None, "--max-actors", help="Inference actors (default: one per GPU or spare CPU)."),
+        gpus_per_actor: float | None = typer.Option(
+            None, "--gpus-per-actor", help="GPUs per inference actor (default: 1 when the cluster has GPUs, else 0)."
+        ),
         tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
         halo_px: int = typer.Option(64, "--halo-px", help="Context read around each tile core."),
         res: float = typer.Option(10.0, "--res", help="Pixel size in CRS units (metres)."),
@@ -56,6 +60,7 @@ def register(app: typer.Typer) -> None:
         try:
             spec = RunSpec(
                 aoi=aoi, start=start, end=end, catalog=catalog, model=model, out=out, address=address,
+                max_actors=max_actors, gpus_per_actor=gpus_per_actor,
                 collections=collections, signer=signer,
                 tile_px=tile_px, halo_px=halo_px, res_m=res, crs=crs, zarr_format=zarr_format,
                 write_probability=probability, executor="sequential" if sequential else "ray",

@@ -32,7 +32,10 @@ from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferenceConfig", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "read_tile"]
+__all__ = [
+    "InferenceConfig", "PoolPlan", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "plan_pool",
+    "read_tile",
+]
 
 
 @dataclass(frozen=True)
@@ -292,17 +295,82 @@ class _RayPredictor:
         return {"record": np.array([json.dumps(r, default=str) for r in records], dtype=object)}
 
 
+@dataclass(frozen=True)
+class PoolPlan:
+    """Resources of the two Ray Data stages, decided once from the cluster's resources.
+
+    Read tasks and inference actors ask for different resources, so Ray Data keeps them as two
+    operators (it fuses a task map into the next actor map when their remote args match, which would
+    make each actor read then infer serially; ray #54433); ``read_tasks`` bounds the reads in flight.
+    """
+
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    read_cpus: float
+    read_tasks: int
+
+
+def plan_pool(
+    cluster_cpus: float,
+    cluster_gpus: float,
+    n_tasks: int,
+    *,
+    threads: int = 1,
+    max_actors: int | None = None,
+    gpus_per_actor: float | None = None,
+) -> PoolPlan:
+    """Actor pool and read-task resources for a cluster (pure; unit-tested).
+
+    ``gpus_per_actor`` None = one GPU per actor when the cluster has GPUs, CPU actors otherwise. Asking
+    for GPUs on a cluster without any fails now instead of waiting forever for the pool to start.
+
+    Raises:
+        UsageError: GPUs requested but the cluster has none.
+    """
+    from sgma_batch.errors import UsageError
+
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if cluster_gpus >= 1 else 0.0
+    if gpus_per_actor > 0 and cluster_gpus < gpus_per_actor:
+        raise UsageError(
+            f"{gpus_per_actor:g} GPU per actor asked for, but the Ray cluster has {cluster_gpus:g} GPUs; "
+            "leave --gpus-per-actor unset (CPU actors) or connect to a cluster with GPUs"
+        )
+    cpus = max(float(cluster_cpus), 1.0)
+    # Keep CPUs for the read tasks (one, or half of a single-CPU cluster), or an actor pool can starve
+    # them (ray #44687).
+    spare = cpus - min(1.0, cpus / 2)
+    if gpus_per_actor > 0:
+        slots = int(cluster_gpus // gpus_per_actor)
+        actors = min(max_actors or slots, slots, max(int(spare), 1))
+        actor_cpus = min(1.0, spare / actors)
+    else:
+        actors = max_actors or max(int(spare // threads), 1)
+        actor_cpus = min(float(threads), spare / actors)  # more actors than CPUs: they share (fractions)
+    actors = max(min(actors, n_tasks), 1)
+    # Reads always ask for less CPU than an actor: never fusable into the actor stage. What the actors
+    # leave is read capacity, at most two reads per actor (and per CPU) in flight: bounded prefetch.
+    read_cpus = min(0.5, actor_cpus / 2)
+    free = cpus - actors * actor_cpus
+    read_tasks = max(1, min(int(free / read_cpus), 2 * actors, int(2 * cpus), n_tasks))
+    return PoolPlan(actors, actor_cpus, gpus_per_actor, read_cpus, read_tasks)
+
+
 def execute_ray(
     tasks: Sequence[TileTask],
     cfg: InferenceConfig,
     *,
     max_actors: int | None = None,
+    gpus_per_actor: float | None = None,
     batch_size: int = 2,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     order_seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
 
+    Two Ray Data operators stream into each other: read tasks (``map``, a bounded task pool) and the
+    inference actor pool (``map_batches``); the executed operators and their stats are logged at INFO.
     ``order_seed`` shuffles the task order (and the order inside each batch) for determinism tests.
     """
     import json
@@ -313,31 +381,24 @@ def execute_ray(
     if not tasks:
         return []
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    if gpus:
-        actors, actor_cpus, actor_gpus = min(max_actors or gpus, gpus), 1, 1
-    else:
-        # Leave at least one CPU to the read tasks, or an actor pool can starve them (ray #44687).
-        spare = max(cpus - 1, 1)
-        actors, actor_cpus, actor_gpus = max_actors or spare, cfg.threads, 0
-        if actors * actor_cpus > spare:  # more actors asked for than CPUs: share them (fractional CPUs)
-            actor_cpus = spare / actors
-    actors = min(actors, len(tasks))
+    pool = plan_pool(resources.get("CPU", 1), resources.get("GPU", 0), len(tasks), threads=cfg.threads,
+                     max_actors=max_actors, gpus_per_actor=gpus_per_actor)
+    log.info("ray pool: %s", pool)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
     ordered = order_by_signature(tasks, order_seed)
     items = [{"task": cloudpickle.dumps(t)} for t in ordered]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg}, num_cpus=1)
+    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg}, num_cpus=pool.read_cpus,
+                compute=ray.data.TaskPoolStrategy(size=pool.read_tasks))
     ds = ds.map_batches(
         _RayPredictor,
         fn_constructor_kwargs={"cfg": cfg, "order_seed": order_seed},
-        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors),
+        compute=ray.data.ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
         batch_size=batch_size,
-        num_cpus=actor_cpus,
-        num_gpus=actor_gpus,
+        num_cpus=pool.actor_cpus,
+        num_gpus=pool.actor_gpus,
         batch_format="numpy",
     )
     records: list[dict[str, Any]] = []
@@ -346,6 +407,5 @@ def execute_ray(
         records.append(rec)
         if on_record is not None:
             on_record(rec)
+    log.info("ray data stats:\n%s", ds.stats())
     return records
-
-

@@ -56,6 +56,9 @@ class RunSpec(BaseModel):
     overlap_px: int = Field(64, ge=0)
     write_probability: bool = False
     max_actors: int | None = Field(None, ge=1)
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="GPUs per inference actor; None = 1 when the Ray cluster has GPUs, else CPU actors"
+    )
     batch_size: int = Field(2, ge=1)
     threads: int = Field(1, ge=1)
     read_retries: int = Field(3, ge=0, description="retries of a failed asset read (exponential backoff)")
@@ -237,7 +240,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
     else:
         records = _with_ray(spec.address, lambda: execute_ray(
-            todo, cfg, max_actors=spec.max_actors, batch_size=spec.batch_size, on_record=on_record,
+            todo, cfg, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor, batch_size=spec.batch_size,
+            on_record=on_record,
             order_seed=spec.task_order_seed))
     finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}

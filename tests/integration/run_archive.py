@@ -6,6 +6,9 @@ Used until/besides ``sgma_batch.synthetic``: it lets a test add one scene over p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +100,26 @@ def aoi_lonlat() -> list[float]:
     """A bbox well inside the archive (about 3.2 x 2.2 km)."""
     _, (lo0, la0, lo1, la1) = _footprint(X0 + 300, Y0 - 200, W - 60, H - 40)
     return [lo0, la0, lo1, la1]
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save an untrained ``sgma_tiny`` (S2 + S1 + DEM, the test classes) seeded with ``seed`` at ``path``."""
+    import torch
+
+    from sgma_model import ModelCard, create_model, save_checkpoint
+    from sgma_model.testing import CLASSES, card_modalities
+
+    torch.manual_seed(seed)
+    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
+    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
+    return path
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env_extra: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``sgma-batch ARGS`` in a fresh process from the repo root (Ray token auth off, as in every test)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env,
+                          check=False, cwd=REPO, timeout=timeout)

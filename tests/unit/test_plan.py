@@ -93,3 +93,31 @@ def test_plan_nothing_found(archive, checkpoint, tmp_path):
     with pytest.raises(NothingFoundError):
         plan_run(_spec(archive, checkpoint, tmp_path / "n.zarr", start="2035-01-01", end="2035-01-31"), measure=False)
     assert not (tmp_path / "n.zarr").exists()
+
+
+# -- Ray pool resources (pure) ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("cpus", "gpus", "threads", "max_actors"),
+                         [(2, 0, 1, None), (2, 0, 1, 2), (2, 0, 1, 4), (16, 0, 2, None), (16, 4, 1, None),
+                          (16, 4, 1, 2), (1, 0, 1, None), (8, 0, 1, 3)])
+def test_pool_keeps_reads_separate_bounded_and_unstarved(cpus, gpus, threads, max_actors):
+    from sgma_batch.execute import plan_pool
+
+    p = plan_pool(cpus, gpus, 100, threads=threads, max_actors=max_actors)
+    # remote args differ, so Ray Data cannot fuse the read map into the actor pool
+    assert (p.read_cpus, 0) != (p.actor_cpus, p.actor_gpus) and p.read_cpus < p.actor_cpus
+    # actors never take every CPU (ray #44687): at least one read fits beside the pool
+    assert p.actors * p.actor_cpus + p.read_cpus <= max(cpus, 1)
+    assert 1 <= p.read_tasks <= 2 * min(p.actors, cpus)  # bounded prefetch
+    assert p.actor_gpus == (1.0 if gpus else 0.0)
+    assert p.actors <= (gpus or max_actors or cpus) and (max_actors is None or p.actors <= max_actors)
+
+
+def test_pool_is_capped_by_tasks_and_refuses_missing_gpus():
+    from sgma_batch.errors import UsageError
+    from sgma_batch.execute import plan_pool
+
+    assert plan_pool(16, 0, 1).actors == 1 and plan_pool(16, 0, 1).read_tasks == 1
+    assert plan_pool(16, 0, 3).actors == 3
+    with pytest.raises(UsageError, match="has 0 GPUs"):
+        plan_pool(2, 0, 10, gpus_per_actor=1)
+    assert plan_pool(8, 2, 10, gpus_per_actor=0.5).actors == 4

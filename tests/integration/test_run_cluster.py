@@ -1,0 +1,112 @@
+"""Ray execution shape: a real `ray start --head` cluster reached with `--address`, separate read and
+inference operators, and GPU requests on a CPU-only cluster failing fast instead of waiting forever."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_archive
+
+from sgma_batch.errors import UsageError
+from sgma_batch.run import RunSpec, run_mosaic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
+
+
+def _spec(catalog: Path, checkpoint: Path, out: Path, **kw) -> RunSpec:
+    return RunSpec(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
+                   catalog=str(catalog), model=str(checkpoint), tile_px=128, halo_px=16, window_px=64,
+                   overlap_px=16, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A real Ray head (`ray start --head --block`) on a free port, in a private temp dir (so no other
+    driver on this machine picks it up as "the current cluster"); only its own process group is ended."""
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_bin = Path(sys.executable).with_name("ray")
+    log = Path(temp_dir) / "head.log"
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
+    )
+    try:
+        address_file = Path(temp_dir) / "ray_current_cluster"
+        for _ in range(240):  # `ray start` writes the address once the head is up
+            if head.poll() is not None:
+                raise RuntimeError(log.read_text())
+            if address_file.exists():
+                break
+            time.sleep(0.25)
+        yield address_file.read_text().strip()
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head, its GCS, raylet and workers: no 30 s drain
+        head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_run_on_an_existing_cluster_via_address(ray_head, archive, checkpoint, tmp_path):
+    out = tmp_path / "m.zarr"
+    r = run_archive.cli("run", "--aoi", ",".join(f"{v:.6f}" for v in run_archive.aoi_lonlat()),
+                        "--start", "2024-06-01", "--end", "2024-06-30", "--catalog", str(archive),
+                        "--model", str(checkpoint), "--tile-px", "128", "--halo-px", "16",
+                        "--out", str(out), "--address", ray_head, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)  # stdout holds the JSON alone
+    assert summary["computed"] == summary["tiles"] == 6
+    # the driver connected to the running head rather than starting its own Ray
+    assert "Connecting to existing Ray cluster" in r.stderr and "Started a local Ray instance" not in r.stderr
+
+
+def test_reads_and_inference_are_separate_streaming_operators(ray_local, archive, checkpoint, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sgma_batch.execute")
+    s = run_mosaic(_spec(archive, checkpoint, tmp_path / "m.zarr", batch_size=1))
+    assert s.computed == s.tiles == 6
+    stats = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray data stats"))
+    ops = [line for line in stats.splitlines() if line.startswith("Operator ")]
+    # reads ran as their own tasks (one per tile), then the actor pool: not fused into one operator
+    read = next(line for line in ops if "Map(_read_row)" in line)
+    infer = next(line for line in ops if "MapBatches(_RayPredictor)" in line)
+    assert read != infer and "->" not in read.split(":")[0] and "->" not in infer.split(":")[0]
+    assert f"{s.tiles} tasks executed" in read and f"{s.tiles} tasks executed" in infer
+    pool = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray pool"))
+    assert "read_tasks=2" in pool  # bounded: at most two reads in flight on this 2-CPU cluster
+
+
+def test_gpus_requested_on_a_cpu_cluster_fail_fast(ray_local, archive, checkpoint, tmp_path):
+    with pytest.raises(UsageError, match="has 0 GPUs"):
+        run_mosaic(_spec(archive, checkpoint, tmp_path / "g.zarr", gpus_per_actor=1))
+    manifest = tmp_path / "g.zarr" / "manifest"
+    assert not manifest.exists() or not any(manifest.iterdir())  # refused before any tile ran
