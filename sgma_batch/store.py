@@ -52,6 +52,7 @@ __all__ = [
     "manifest_summary",
     "open_or_create_store",
     "read_manifest",
+    "render_drivers",
     "render_quicklook",
     "write_tile",
 ]
@@ -366,12 +367,20 @@ def _overview_levels(layout: StoreLayout) -> list[int]:
     return levels
 
 
+#: Variables with overviews (nearest, centre pixel), and the fill of an overview pixel beyond the grid.
+_OVERVIEW_FILL = {"class": CLASS_NODATA, "confidence": 0, "modality_mask": 0, "robustness": 0}
+
+
 def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
-    """Nearest-neighbour (centre pixel) overviews of ``class`` and ``modality_mask`` under overviews/<f>."""
+    """Nearest-neighbour (centre pixel) overviews of the map variables under overviews/<f>.
+
+    ``probability`` has none: the quicklooks need class, confidence and robustness only.
+    """
     import zarr
 
     root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    src_class, src_mask = root["class"], root["modality_mask"]
+    src = {name: root[name] for name in _OVERVIEW_FILL}
+    h, w = src["class"].shape
     factors = _overview_levels(layout)
     ov_dir = path / "overviews"
     if ov_dir.exists():
@@ -380,8 +389,8 @@ def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
         gb = layout.geobox.zoom_out(f)
         sub = StoreLayout(gb, layout.tile_px, layout.classes, layout.modalities, False, layout.zarr_format)
         ds, encoding = _template(sub, {"sgma:overview_factor": f, **_geozarr_attrs(gb)})
-        ds = ds[["class", "modality_mask"]]
-        encoding = {k: encoding[k] for k in ("class", "modality_mask")}
+        ds = ds[list(_OVERVIEW_FILL)]
+        encoding = {k: encoding[k] for k in _OVERVIEW_FILL}
         ds.to_zarr(str(path), group=f"overviews/{f}", mode="w", compute=False, consolidated=False,
                    zarr_format=layout.zarr_format, encoding=encoding)
         dst = zarr.open_group(str(path / "overviews" / str(f)), mode="r+", use_consolidated=False)
@@ -390,16 +399,29 @@ def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
         for y0 in range(0, oh, t):  # one overview chunk at a time: O(tile) memory
             for x0 in range(0, ow, t):
                 y1, x1 = min(y0 + t, oh), min(x0 + t, ow)
-                ys = slice(y0 * f + f // 2, min(y1 * f, src_class.shape[0]), f)
-                xs = slice(x0 * f + f // 2, min(x1 * f, src_class.shape[1]), f)
-                block_c = np.full((y1 - y0, x1 - x0), CLASS_NODATA, np.uint8)
-                block_m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-                c, m = src_class[ys, xs], src_mask[ys, xs]
-                block_c[: c.shape[0], : c.shape[1]] = c
-                block_m[: m.shape[0], : m.shape[1]] = m
-                dst["class"][y0:y1, x0:x1] = block_c
-                dst["modality_mask"][y0:y1, x0:x1] = block_m
+                ys = slice(y0 * f + f // 2, min(y1 * f, h), f)
+                xs = slice(x0 * f + f // 2, min(x1 * f, w), f)
+                for name, fill in _OVERVIEW_FILL.items():
+                    part = src[name][..., ys, xs]  # (y, x) or (M, y, x)
+                    block = np.full((*part.shape[:-2], y1 - y0, x1 - x0), fill, np.uint8)
+                    block[..., : part.shape[-2], : part.shape[-1]] = part
+                    dst[name][..., y0:y1, x0:x1] = block
     return factors
+
+
+def _coarsest_fitting(root: Any, name: str, max_px: int) -> np.ndarray:
+    """``name`` from the finest overview no larger than ``max_px`` (subsampled if none is small enough)."""
+    arr = root[name]
+    if max(arr.shape[-2:]) > max_px and "overviews" in root:
+        for f in sorted(int(k) for k in root["overviews"].group_keys()):
+            arr = root["overviews"][str(f)][name]
+            if max(arr.shape[-2:]) <= max_px:
+                break
+    data = np.asarray(arr[...])
+    if max(data.shape[-2:]) > max_px:
+        step = -(-max(data.shape[-2:]) // max_px)
+        data = data[..., ::step, ::step]
+    return data
 
 
 @_quiet_zarr
@@ -412,17 +434,7 @@ def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -
     root = zarr.open_group(str(path), mode="r")
     attrs = root.attrs.asdict()
     classes = [(c["name"], c["color"]) for c in attrs["sgma:classes"]]
-    arr = root["class"]
-    if max(arr.shape) > max_px and "overviews" in root:
-        for f in sorted(int(k) for k in root["overviews"].group_keys()):
-            cand = root["overviews"][str(f)]["class"]
-            arr = cand
-            if max(cand.shape) <= max_px:
-                break
-    data = np.asarray(arr[...])
-    if max(data.shape) > max_px:  # no overview small enough: subsample
-        step = -(-max(data.shape) // max_px)
-        data = data[::step, ::step]
+    data = _coarsest_fitting(root, "class", max_px)
     palette = np.full((256, 4), (255, 255, 255, 0), np.uint8)
     for i, (_, color) in enumerate(classes):
         palette[i] = (*bytes.fromhex(color.lstrip("#")), 255)
@@ -437,6 +449,56 @@ def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -
         y = 4 + row_h * (i + 1)
         draw.rectangle((w + 8, y, w + 22, y + 12), fill=color, outline=(0, 0, 0, 255))
         draw.text((w + 28, y), name, fill=(0, 0, 0, 255))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(png)
+    return png
+
+
+#: Robustness composite: which channel shows which modality's fusion weight.
+DRIVER_CHANNELS = {"s2": 0, "s1": 1, "dem": 2}  # red, green, blue
+
+
+@_quiet_zarr
+def render_drivers(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path:
+    """A PNG of what drove each decision: the robustness maps as RGB (S2 red, S1 green, DEM blue; a pure
+    colour = one sensor decided, a mix = shared) beside the confidence (dark = unsure), from overviews."""
+    import zarr
+    from PIL import Image, ImageDraw
+
+    path, png = Path(path), Path(png)
+    root = zarr.open_group(str(path), mode="r")
+    modalities = list(root.attrs.asdict()["sgma:modalities"])
+    valid = _coarsest_fitting(root, "class", max_px) != CLASS_NODATA  # (h, w)
+    rob = _coarsest_fitting(root, "robustness", max_px)  # (M, h, w) uint8, weights x 255
+    conf = _coarsest_fitting(root, "confidence", max_px)  # (h, w) uint8
+    h, w = valid.shape
+    outside = (250, 235, 215)  # nodata: a pale beige, told apart from confident (white) pixels
+    rgb = np.full((h, w, 3), outside, np.uint8)
+    comp = np.zeros((h, w, 3), np.uint8)
+    for i, m in enumerate(modalities):
+        if m in DRIVER_CHANNELS:
+            comp[..., DRIVER_CHANNELS[m]] = rob[i]
+    rgb[valid] = comp[valid]
+    gray = np.full((h, w, 3), outside, np.uint8)
+    gray[valid] = conf[valid][:, None]
+    gap, legend_w, row_h = 8, 170, 18
+    canvas = Image.new("RGB", (2 * w + gap + legend_w, max(h, row_h * 8)), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb, "RGB"), (0, 0))
+    canvas.paste(Image.fromarray(gray, "RGB"), (w + gap, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 2 * w + gap + 8
+    draw.text((x, 4), "left: decided by", fill=(0, 0, 0))
+    for i, (name, color) in enumerate((("S2 optical", "#ff0000"), ("S1 SAR", "#00ff00"), ("DEM", "#0000ff"))):
+        y = 4 + row_h * (i + 1)
+        draw.rectangle((x, y, x + 14, y + 12), fill=color, outline=(0, 0, 0))
+        draw.text((x + 20, y), name, fill=(0, 0, 0))
+    y = 4 + row_h * 5
+    draw.text((x, y), "right: confidence", fill=(0, 0, 0))
+    for j in range(100):  # a 0..1 ramp
+        v = int(j * 255 / 99)
+        draw.line((x + j, y + row_h, x + j, y + row_h + 10), fill=(v, v, v))
+    draw.text((x, y + row_h + 12), "0", fill=(0, 0, 0))
+    draw.text((x + 94, y + row_h + 12), "1", fill=(0, 0, 0))
     png.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(png)
     return png
@@ -479,14 +541,17 @@ def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footpr
         "assets": {
             "data": {"href": "./", "type": "application/vnd+zarr", "roles": ["data"],
                      "title": f"Zarr v{layout.zarr_format} mosaic"},
-            "quicklook": {"href": "./quicklook.png", "type": "image/png", "roles": ["overview"]},
+            "quicklook": {"href": "./quicklook.png", "type": "image/png", "roles": ["overview"],
+                          "title": "class map with legend"},
+            "drivers": {"href": "./drivers.png", "type": "image/png", "roles": ["overview"],
+                        "title": "robustness RGB (S2 red, S1 green, DEM blue) and confidence"},
         },
     }
 
 
 @_quiet_zarr
 def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None) -> dict[str, Any]:
-    """Overviews, consolidated metadata, quicklook PNG and a STAC Item (``item.json``) of the product.
+    """Overviews, consolidated metadata, quicklook PNGs (classes; drivers and confidence) and a STAC Item.
 
     Args:
         footprint: the AOI as an odc-geo Geometry in EPSG:4326 (default: the grid's extent).
@@ -500,6 +565,7 @@ def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None
     attrs = root.attrs.asdict()
     zarr.consolidate_metadata(str(path), zarr_format=layout.zarr_format)
     render_quicklook(path, path / "quicklook.png")
+    render_drivers(path, path / "drivers.png")
     item = _stac_item(path, layout, attrs, footprint)
     _atomic_write_json(path / "item.json", item)
     return item

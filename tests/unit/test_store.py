@@ -131,10 +131,20 @@ def test_finish_v2_opens_in_gdal_with_crs(tmp_path):
     # overviews: factor 2 and 4 for a 200 px wide grid with 32 px chunks
     ov = xr.open_zarr(path, group="overviews/2", decode_coords="all", mask_and_scale=False)
     np.testing.assert_array_equal(ov["class"].values, expected[1::2, 1::2])
+    full = xr.open_zarr(path, decode_coords="all", mask_and_scale=False)
+    for name in ("confidence", "robustness", "modality_mask"):  # what the drivers PNG is drawn from
+        np.testing.assert_array_equal(ov[name].values, full[name].values[..., 1::2, 1::2], err_msg=name)
     assert ov.odc.crs.epsg == 32633
     from PIL import Image
     img = Image.open(path / "quicklook.png")
     assert img.size[0] > 150  # map plus legend
+    # drivers: robustness as RGB (S2 red, S1 green, DEM blue) beside the confidence, from the same pixels
+    drivers = np.asarray(Image.open(path / "drivers.png").convert("RGB"))
+    h, w = expected.shape
+    rob = full["robustness"].values  # (M, y, x)
+    np.testing.assert_array_equal(drivers[:h, :w], np.moveaxis(rob, 0, -1))
+    np.testing.assert_array_equal(drivers[:h, w + 8:2 * w + 8, 0], full["confidence"].values)
+    assert item["assets"]["drivers"]["href"] == "./drivers.png"
     ds = xr.open_zarr(path, decode_coords="all")  # consolidated metadata present
     assert ds.odc.crs.epsg == 32633
 
