@@ -123,3 +123,13 @@ def cli(*args: str, env_extra: dict | None = None, timeout: float = 600) -> subp
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env,
                           check=False, cwd=REPO, timeout=timeout)
+
+
+def run_spec(catalog: Path, checkpoint: Path, out: Path, **kw):
+    """A small-tile ``RunSpec`` over :func:`aoi_lonlat` in June 2024 (6 tiles of 128 px); ``kw`` overrides."""
+    from sgma_batch.run import RunSpec
+
+    base = {"aoi": aoi_lonlat(), "out": str(out), "start": "2024-06-01", "end": "2024-06-30",
+            "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
+            "overlap_px": 16}
+    return RunSpec(**{**base, **kw})

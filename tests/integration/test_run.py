@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 import zarr
 
@@ -17,35 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_archive
 
 from sgma_batch.errors import StoreIncompatibleError
-from sgma_batch.run import RunSpec, run_mosaic
+from sgma_batch.run import run_mosaic
 from sgma_batch.store import read_manifest
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(0)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    card = ModelCard.for_model(model, card_modalities(), CLASSES)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, card)
-    return path
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
 
 
-def _spec(catalog, checkpoint, out, **kw) -> RunSpec:
-    base = {"aoi": run_archive.aoi_lonlat(), "out": str(out), "start": "2024-06-01", "end": "2024-06-30",
-                "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
-                "overlap_px": 16, "batch_size": 2}
-    return RunSpec(**{**base, **kw})
+_spec = run_archive.run_spec
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

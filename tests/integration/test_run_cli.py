@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,24 +14,12 @@ import run_archive
 pytestmark = pytest.mark.integration
 
 
-def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env, check=False,
-                          cwd=Path(__file__).resolve().parents[2], timeout=600)
+_cli = run_archive.cli
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(1)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=1)
 
 
 def test_cli_run_json_status_quicklook_and_refusal(tmp_path, checkpoint):

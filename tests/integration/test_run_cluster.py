@@ -21,25 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_archive
 
 from sgma_batch.errors import UsageError
-from sgma_batch.run import RunSpec, run_mosaic
+from sgma_batch.run import run_mosaic
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
 
 
-def _spec(catalog: Path, checkpoint: Path, out: Path, **kw) -> RunSpec:
-    return RunSpec(aoi=run_archive.aoi_lonlat(), out=str(out), start="2024-06-01", end="2024-06-30",
-                   catalog=str(catalog), model=str(checkpoint), tile_px=128, halo_px=16, window_px=64,
-                   overlap_px=16, **kw)
+_spec = run_archive.run_spec
 
 
 def _free_port() -> int:

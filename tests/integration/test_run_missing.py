@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
 import xarray as xr
 from pyproj import Transformer
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon, mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_archive
 
 from sgma_batch.grid import plan_tiles, target_geobox
 from sgma_batch.run import RunSpec, aoi_in_grid_crs, run_mosaic
@@ -120,14 +123,7 @@ def build(root: Path, gbox, tasks) -> tuple[Path, dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(2)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=2)
 
 
 def test_every_modality_subset_is_written_with_its_mask_and_robustness(checkpoint, tmp_path):

@@ -33,14 +33,7 @@ TILE = 128
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(0)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
 
 
 def _spec(catalog: Path, checkpoint: Path, out: Path, **kw) -> RunSpec:

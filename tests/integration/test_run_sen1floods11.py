@@ -10,16 +10,19 @@ modality mask and the mapped region are the chip's footprint, and that nothing i
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import torch
 import xarray as xr
 from rasterio.features import geometry_mask
 from rasterio.warp import Resampling, reproject
 from shapely.geometry import box, mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_archive
 
 from sgma_batch.run import RunSpec, run_mosaic
 from sgma_batch.store import read_manifest
@@ -99,14 +102,7 @@ def build_catalog(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(11)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=11)
 
 
 def _reprojected(path: Path, band: int, gbox, *, nodata: float) -> np.ndarray:

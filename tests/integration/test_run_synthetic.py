@@ -8,8 +8,6 @@ is meaningless here; what is checked is the bookkeeping: every modality is found
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +15,11 @@ import numpy as np
 import odc.geo.xr  # noqa: F401 - the .odc accessor
 import pytest
 import rasterio
-import torch
 import xarray as xr
 from rasterio.windows import from_bounds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run_archive
 
 from sgma_batch.synthetic import demo_archive_info, generate_archive
 
@@ -28,22 +28,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env=env,
-                          check=False, cwd=REPO, timeout=600)
+_cli = run_archive.cli
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(4)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
+    return run_archive.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=4)
 
 
 def _inset_aoi(info, margin_m: float, path: Path) -> Path:

@@ -6,38 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 import run_archive
 
 from sgma_batch.errors import NothingFoundError, StoreIncompatibleError
-from sgma_batch.run import RunSpec, plan_run
+from sgma_batch.run import plan_run
 from sgma_batch.store import StoreLayout, open_or_create_store
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from sgma_model import ModelCard, create_model, save_checkpoint
-    from sgma_model.testing import CLASSES, card_modalities
-
-    torch.manual_seed(0)
-    model = create_model("sgma_tiny", modalities={"s2": 10, "s1": 2, "dem": 1}, num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, path, ModelCard.for_model(model, card_modalities(), CLASSES))
-    return path
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
-
-
-def _spec(catalog, checkpoint, out, **kw) -> RunSpec:
-    base = {"aoi": run_archive.aoi_lonlat(), "out": str(out), "start": "2024-06-01", "end": "2024-06-30",
-            "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
-            "overlap_px": 16}
-    return RunSpec(**{**base, **kw})
+_spec = run_archive.run_spec
 
 
 def test_plan_counts_tiles_modalities_and_bytes_without_side_effects(archive, checkpoint, tmp_path):
