@@ -2,13 +2,21 @@
 
 Two executors share every per-tile function, so they produce bitwise-identical stores:
 
-* :func:`execute_ray` (the default): a Ray Data pipeline. Reads are stateless ``map`` tasks; inference is
-  ``map_batches`` with a callable class on an ``ActorPoolStrategy`` (the model is loaded in
-  ``__init__``); ``num_gpus=1`` per actor only when the cluster has GPUs, CPU actors otherwise (so it
-  never waits for GPUs that do not exist). Ray Data streams, so reads overlap inference and the number
-  of blocks in flight is bounded by its backpressure. The actor writes its tiles' chunks and commits
-  them (one writer per chunk; no result arrays travel back to the driver, only small records).
+* :func:`execute_ray` (the default): a Ray Data pipeline of two streaming operators. Reads are
+  stateless ``map`` tasks in a bounded task pool; inference is ``map_batches`` with a callable class on
+  an ``ActorPoolStrategy`` (the model is loaded in ``__init__``); ``num_gpus`` per actor only when the
+  cluster has GPUs, CPU actors otherwise, and a GPU request on a cluster without GPUs fails at once
+  (it would wait forever). :func:`plan_pool` gives reads less CPU than an actor, so Ray Data never
+  fuses the read into the actor (which would make each actor read, then infer, serially; ray #54433),
+  and keeps CPUs out of the actor pool for the reads (ray #44687). Reads thus run ahead of inference,
+  at most ``read_tasks`` at a time, and Ray Data's backpressure bounds the blocks in flight.
 * :func:`execute_sequential`: the same functions in-process, for tiny jobs and tests.
+
+Writing stays in the inference actor, on purpose: a tile's write is one chunk per variable (uint8,
+a few hundred KB, milliseconds against seconds of inference; see ``timing`` in the manifest records),
+the actor is the chunk's only writer, and no result array ever travels back through the object store
+or the driver, only a small record. A separate write stage would move every result through the
+object store to save that small fraction of actor time.
 
 Tiles are ordered by modality signature so that a batch holds tiles with the same inputs; each tile's
 windows are forwarded as one fixed set of batches (see :func:`sgma_batch.blend.blend_windows`), so a
@@ -22,6 +30,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +125,7 @@ class TileRunner:
     def _predict(self, xb: Mapping[str, Any], mb: Mapping[str, Any]):
         import torch
 
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with torch.inference_mode(), amp:
             out = self.model(dict(xb), masks=dict(mb))
         probs = torch.softmax(out.logits.float(), dim=1)  # (B, K, h, w)
@@ -197,14 +206,6 @@ class TileRunner:
         record["status"] = status
         commit_tile(self.cfg.store, record)  # after the data: the commit point
         return record
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _nodata_arrays(h: int, w: int, m: int, k: int, probability: bool) -> TileArrays:

@@ -133,3 +133,37 @@ def run_spec(catalog: Path, checkpoint: Path, out: Path, **kw):
             "catalog": str(catalog), "model": str(checkpoint), "tile_px": 128, "halo_px": 16, "window_px": 64,
             "overlap_px": 16}
     return RunSpec(**{**base, **kw})
+
+
+def cli_with_terminal_stderr(*args: str, timeout: float = 600) -> tuple[int, str, str]:
+    """``sgma-batch ARGS`` with stderr on a pseudo-terminal (as a user sees it) and stdout on a pipe.
+
+    Returns (exit code, stdout, what the terminal showed).
+    """
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "120"}
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # keep the terminal's buffer empty, or the child blocks on a full pty
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cli.app", *args], stdout=subprocess.PIPE, stderr=slave,
+                              text=True, env=env, check=False, cwd=REPO, timeout=timeout)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")

@@ -34,10 +34,13 @@ def test_cli_run_json_status_quicklook_and_refusal(tmp_path, checkpoint):
     assert (plan["tiles"], plan["compute"], plan["reuse"]) == (6, 6, 0) and not out.exists()
     assert plan["signatures"] == {"dem+s1": 6} and plan["estimate_s"] > 0
 
-    r = _cli("run", *common, "--out", str(out), "--sequential", "--json")
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout)
+    # on a terminal: rich progress (tiles, km2, km2/h, ETA) on stderr; stdout holds the JSON alone
+    code, stdout, terminal = run_archive.cli_with_terminal_stderr("run", *common, "--out", str(out), "--sequential",
+                                                                  "--json")
+    assert code == 0, terminal
+    summary = json.loads(stdout)
     assert summary["tiles"] == 6 and summary["computed"] == 6 and summary["exit_code"] == 0
+    assert "tiles" in terminal and "6/6" in terminal and "km2/h" in terminal
 
     r = _cli("status", str(out), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["computed"] == 6
