@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Self
 
@@ -189,13 +190,8 @@ class _Progress:
             return
         if self._task is None:
             self._task = self._bar.add_task("run", total=total, completed=completed, rate="")
-            self._start = completed
-            import time
-
             self._t0 = time.perf_counter()
             return
-        import time
-
         elapsed = max(time.perf_counter() - self._t0, 1e-6)
         rate = ""
         if record is not None and record.get("region"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +121,7 @@ def plan_tiles(
     *,
     tile_px: int,
     halo_px: int,
-    scenes_for: Any = None,
+    scenes_for: Callable[[geom.Geometry], Mapping[str, Iterable[Scene]]] | None = None,
     model_hash: str = "",
     cfg_hash: str = "",
 ) -> list[TileTask]:
