@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -121,6 +122,7 @@ def main() -> None:
         )
         print(json.dumps(row))
         return
+    load_start = os.getloadavg()[0]
     rows = []
     for name in args.variants:
         for subset in args.subsets:
@@ -167,6 +169,8 @@ def main() -> None:
         "threads": args.threads,
         "machine": platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # start, end: other jobs' share
         "note": "CPU peak_mem_mb = growth of max RSS over the run (coarse); CUDA = max_memory_allocated",
     }
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
