@@ -42,7 +42,7 @@ from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile,
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "InferenceConfig", "PoolPlan", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "plan_pool",
+    "InferenceConfig", "Normalisation", "PoolPlan", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "plan_pool",
     "read_tile",
 ]
 
@@ -75,8 +75,38 @@ class TileInputs:
     read_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """A model card's per-band statistics as plain numbers: what a read task needs from the checkpoint.
+
+    Read workers get this instead of the card, so they never import the model package (and torch).
+    """
+
+    stats: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]]  # modality -> (means, stds) in band order
+
+    @classmethod
+    def from_card(cls, card: Any) -> Normalisation:
+        return cls({m.name: (tuple(b.mean for b in m.bands), tuple(b.std for b in m.bands))
+                    for m in card.modalities})
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(self.stats)
+
+    def normalise(self, modality: str, array: np.ndarray) -> np.ndarray:
+        """(x - mean) / std per band of a (C, H, W) array, float32 (as ``ModelCard.normalise``)."""
+        means, stds = self.stats[modality]
+        mean = np.asarray(means, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(stds, np.float32).reshape(-1, 1, 1)
+        return ((np.asarray(array, np.float32) - mean) / std).astype(np.float32)
+
+
 def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
-    """Read every modality of the model for a tile's halo, harmonised and normalised with the card."""
+    """Read every modality of the model for a tile's halo, harmonised and normalised.
+
+    ``card`` is the model card or its :class:`Normalisation` (anything with ``modality_names`` and
+    ``normalise``).
+    """
     from sgma_batch.read import read_modality_report
     from sgma_batch.sensors import get_profile
 
@@ -254,24 +284,11 @@ def execute_sequential(
 
 
 # -- Ray -------------------------------------------------------------------------------------------------
-def _read_row(row: dict[str, Any], cfg: InferenceConfig) -> dict[str, Any]:
+def _read_row(row: dict[str, Any], cfg: InferenceConfig, norm: Normalisation) -> dict[str, Any]:
     from ray import cloudpickle
 
-    from sgma_model import read_card
-
     task = cloudpickle.loads(row["task"])
-    card = _card_cache(cfg.checkpoint, read_card)
-    return {"tile": cloudpickle.dumps(read_tile(task, card, cfg))}
-
-
-_CARDS: dict[str, Any] = {}
-
-
-def _card_cache(path: str, reader: Callable[[str], Any]) -> Any:
-    # A per-worker-process cache of the (small, immutable) model card: read once per process.
-    if path not in _CARDS:
-        _CARDS[path] = reader(path)
-    return _CARDS[path]
+    return {"tile": cloudpickle.dumps(read_tile(task, norm, cfg))}
 
 
 class _RayPredictor:
@@ -294,6 +311,10 @@ class _RayPredictor:
         order = order_by_signature([t.task for t in tiles], self.order_seed)
         records = [self.runner.run(by_id[t.tile_id]) for t in order]
         return {"record": np.array([json.dumps(r, default=str) for r in records], dtype=object)}
+
+
+#: Seconds the inference actors may take to start (placement and model load) before the run fails.
+ACTOR_START_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -388,10 +409,16 @@ def execute_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
+    # Start the whole pool (models loaded) before tiles flow: every actor takes part, and a pool the
+    # cluster cannot place fails with a timeout instead of waiting for ever.
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ordered = order_by_signature(tasks, order_seed)
     items = [{"task": cloudpickle.dumps(t)} for t in ordered]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg}, num_cpus=pool.read_cpus,
+    from sgma_model import read_card
+
+    norm = Normalisation.from_card(read_card(cfg.checkpoint))
+    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg, "norm": norm}, num_cpus=pool.read_cpus,
                 compute=ray.data.TaskPoolStrategy(size=pool.read_tasks))
     ds = ds.map_batches(
         _RayPredictor,
