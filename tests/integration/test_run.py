@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -34,13 +35,22 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(g[k][...]) for k in ("class", "confidence", "modality_mask", "robustness")}
 
 
-def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path):
+def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sgma_batch.execute")
     out = tmp_path / "mosaic.zarr"
     events = []
     s1 = run_mosaic(_spec(archive, checkpoint, out), progress=lambda d, n, r: events.append((d, n)))
     assert s1.exit_code == 0 and s1.failed == 0 and s1.degraded == 0
     assert s1.tiles == 3 * 2 and s1.computed == s1.tiles and s1.reused == 0
     assert events[0] == (0, s1.tiles) and events[-1] == (s1.tiles, s1.tiles)
+    # reads ran as their own tasks (one per tile), beside the actor pool: two operators, not one fused
+    stats = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray data stats"))
+    ops = [line.split(":")[0] for line in stats.splitlines() if line.startswith("Operator ")]
+    assert any(op.endswith(" Map(_read_row)") for op in ops), ops
+    assert any(op.endswith(" MapBatches(_RayPredictor)") for op in ops), ops
+    assert f"Map(_read_row): {s1.tiles} tasks executed" in stats
+    pool = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray pool"))
+    assert "read_tasks=2" in pool  # bounded: at most two reads in flight on this 2-CPU cluster
 
     ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
     assert ds.odc.crs.epsg == 32633
@@ -86,7 +96,7 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
             assert same
 
     # a changed config recomputes every tile
-    s4 = run_mosaic(_spec(archive, checkpoint, out, overlap_px=32))
+    s4 = run_mosaic(_spec(archive, checkpoint, out, overlap_px=32, executor="sequential"))  # same tile code
     assert s4.computed == s4.tiles and s4.reused == 0
 
     # a different grid is refused

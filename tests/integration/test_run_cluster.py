@@ -1,10 +1,9 @@
-"""Ray execution shape: a real `ray start --head` cluster reached with `--address`, separate read and
-inference operators, and GPU requests on a CPU-only cluster failing fast instead of waiting forever."""
+"""Ray clusters: a real `ray start --head` cluster reached with `--address`, and GPU requests on a
+CPU-only cluster failing fast instead of waiting forever (the operator shape is checked in test_run.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -79,21 +78,6 @@ def test_run_on_an_existing_cluster_via_address(ray_head, archive, checkpoint, t
     assert summary["computed"] == summary["tiles"] == 6
     # the driver connected to the running head rather than starting its own Ray
     assert "Connecting to existing Ray cluster" in r.stderr and "Started a local Ray instance" not in r.stderr
-
-
-def test_reads_and_inference_are_separate_streaming_operators(ray_local, archive, checkpoint, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sgma_batch.execute")
-    s = run_mosaic(_spec(archive, checkpoint, tmp_path / "m.zarr", batch_size=1))
-    assert s.computed == s.tiles == 6
-    stats = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray data stats"))
-    ops = [line for line in stats.splitlines() if line.startswith("Operator ")]
-    # reads ran as their own tasks (one per tile), then the actor pool: not fused into one operator
-    read = next(line for line in ops if "Map(_read_row)" in line)
-    infer = next(line for line in ops if "MapBatches(_RayPredictor)" in line)
-    assert read != infer and "->" not in read.split(":")[0] and "->" not in infer.split(":")[0]
-    assert f"{s.tiles} tasks executed" in read and f"{s.tiles} tasks executed" in infer
-    pool = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray pool"))
-    assert "read_tasks=2" in pool  # bounded: at most two reads in flight on this 2-CPU cluster
 
 
 def test_gpus_requested_on_a_cpu_cluster_fail_fast(ray_local, archive, checkpoint, tmp_path):
