@@ -103,10 +103,12 @@ def test_cli_on_a_generated_archive_with_label_agreement(checkpoint, tmp_path):
     assert (again.reuse, again.compute) == (summary["tiles"], 0)
 
 
-def test_default_catalog_is_the_generated_demo_archive(checkpoint, tmp_path):
+def test_defaults_are_the_demo_archive_and_the_shipped_model_which_maps_the_truth(tmp_path):
+    from sgma_batch.store import label_agreement
+
     cache = tmp_path / "xdg"
     out = tmp_path / "demo.zarr"
-    r = _cli("run", "--aoi", str(REPO / "examples" / "demo-aoi.geojson"), "--model", str(checkpoint), "--out", str(out),
+    r = _cli("run", "--aoi", str(REPO / "examples" / "demo-aoi.geojson"), "--out", str(out),
              "--sequential", "--json", env_extra={"XDG_CACHE_HOME": str(cache)})
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -116,3 +118,7 @@ def test_default_catalog_is_the_generated_demo_archive(checkpoint, tmp_path):
     assert demo_catalog.is_file()
     ds = xr.open_zarr(out, decode_coords="all")
     assert ds.odc.crs.epsg == 32633 and ds.attrs["sgma:catalog"].endswith(f"{demo_catalog.parent.name}/catalog.json")
+    # the shipped demo model against the archive's ground truth: far above chance (the majority class)
+    agreement = label_agreement(out, demo_archive_info(cache / "sgma-batch").label_path)
+    majority = max(c["truth"] for c in agreement["per_class"].values()) / agreement["pixels"]
+    assert agreement["pixels"] > 100_000 and agreement["overall"] > max(0.85, 2 * majority), (agreement, majority)
