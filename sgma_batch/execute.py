@@ -411,9 +411,11 @@ def execute_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
-    # Start the whole pool (models loaded) before tiles flow: every actor takes part, and a pool the
-    # cluster cannot place fails with a timeout instead of waiting for ever.
-    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    # Several actors: start the whole pool (models loaded) before tiles flow, so every actor takes part,
+    # and a pool the cluster cannot place fails with a timeout instead of waiting for ever. One actor:
+    # no wait, so the read workers start while the model loads (measured: about 30 s less start-up on
+    # 2 busy cores).
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if pool.actors > 1 else -1
     ordered = order_by_signature(tasks, order_seed)
     items = [{"task": cloudpickle.dumps(t)} for t in ordered]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
