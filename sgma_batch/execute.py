@@ -413,8 +413,7 @@ def execute_ray(
     ctx.verbose_progress = False
     # Several actors: start the whole pool (models loaded) before tiles flow, so every actor takes part,
     # and a pool the cluster cannot place fails with a timeout instead of waiting for ever. One actor:
-    # no wait, so the read workers start while the model loads (measured: about 30 s less start-up on
-    # 2 busy cores).
+    # no wait, so the read workers start while the model loads rather than after it.
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if pool.actors > 1 else -1
     ordered = order_by_signature(tasks, order_seed)
     items = [{"task": cloudpickle.dumps(t)} for t in ordered]
