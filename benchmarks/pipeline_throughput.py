@@ -72,6 +72,8 @@ def measure(cmd: list[str]) -> dict:
     done.set()
     sampler.join()
     seconds = time.perf_counter() - t0
+    print(f"  {' '.join(Path(c).name for c in cmd[1:4])} ... {seconds:.1f} s, tree peak RSS {peak[0] / 1024:.0f} MiB",
+          flush=True)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {err[-2000:]}")
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
