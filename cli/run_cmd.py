@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         halo_px: int = typer.Option(64, "--halo-px", help="Context read around each tile core."),
         res: float = typer.Option(10.0, "--res", help="Pixel size in CRS units (metres)."),
         crs: str | None = typer.Option(None, "--crs", help="Output CRS, e.g. EPSG:3035 (default: UTM of the AOI)."),
+        max_area_km2: float | None = typer.Option(
+            None, "--max-area-km2", help="Refuse AOIs larger than this (default: 10,000 km2)."
+        ),
         zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for GDAL < 3.11 readers."),
         probability: bool = typer.Option(False, "--probability", help="Also store per-class probabilities (float16)."),
         sequential: bool = typer.Option(False, "--sequential", help="Run in this process without Ray (tiny jobs)."),
@@ -65,7 +68,7 @@ def register(app: typer.Typer) -> None:
                 collections=collections, signer=signer,
                 tile_px=tile_px, halo_px=halo_px, res_m=res, crs=crs, zarr_format=zarr_format,
                 write_probability=probability, executor="sequential" if sequential else "ray",
-                cache_dir=str(_cache_dir()),
+                cache_dir=str(_cache_dir()), max_area_km2=max_area_km2,
             )
         except ValidationError as exc:
             first = exc.errors()[0]

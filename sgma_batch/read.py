@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ModalityRead", "gdal_env_options", "read_modality", "read_modality_report"]
 
 # GDAL settings for cloud-optimised GeoTIFFs over HTTP/S3: no directory listings, a block cache,
-# merged range requests, GDAL-level retries for 429/5xx underneath our own backoff.
+# merged range requests, GDAL-level retries for 429/5xx underneath our own backoff, and timeouts so a
+# stalled server fails the attempt (then our backoff retries) instead of hanging a read forever.
 _GDAL_OPTIONS: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
@@ -49,14 +50,24 @@ _GDAL_OPTIONS: dict[str, Any] = {
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_TIMEOUT": "60",
     "VSI_CACHE": "TRUE",
     "GDAL_CACHEMAX": 256,
 }
 
 
 def gdal_env_options(**overrides: Any) -> dict[str, Any]:
-    """The GDAL configuration used for every read (a copy; pass overrides to change it)."""
-    return {**_GDAL_OPTIONS, **overrides}
+    """The GDAL configuration used for every read (a copy; pass overrides to change it).
+
+    GDAL's own configuration variables set in the process environment (``GDAL_HTTP_TIMEOUT=5``, ...)
+    win over these defaults: a config option set through ``rasterio.Env`` would otherwise hide them,
+    and they are how operators tune GDAL everywhere else.
+    """
+    import os
+
+    defaults = {k: v for k, v in _GDAL_OPTIONS.items() if k not in os.environ}
+    return {**defaults, **overrides}
 
 
 @dataclass(frozen=True)
@@ -196,7 +207,7 @@ def read_modality_report(
     valid = np.zeros((h, w), bool)
     used: list[str] = []
     errors: dict[str, str] = {}
-    with rasterio.Env(**(gdal_options if gdal_options is not None else _GDAL_OPTIONS)):
+    with rasterio.Env(**(gdal_options if gdal_options is not None else gdal_env_options())):
         for scene in scenes:
             if valid.all():
                 break  # every pixel filled by better-ranked scenes: no need to read further

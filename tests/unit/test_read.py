@@ -133,3 +133,24 @@ def test_persistent_failure_is_reported_then_raised(tmp_path, dem):
     assert set(res.errors) == {"bad"} and res.valid.all() and res.scenes_used == ("good",)
     with pytest.raises(AssetReadError, match="failed to read"):
         read_modality([bad], gbox, get_profile("dem-glo30"))
+
+
+def test_gdal_environment_wins_over_the_default_options(monkeypatch):
+    from sgma_batch.read import gdal_env_options
+
+    monkeypatch.delenv("GDAL_HTTP_TIMEOUT", raising=False)
+    assert gdal_env_options()["GDAL_HTTP_TIMEOUT"] == "60"  # a stalled server never hangs a read
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "2")
+    assert "GDAL_HTTP_TIMEOUT" not in gdal_env_options()  # rasterio.Env would otherwise hide the env value
+    assert gdal_env_options(GDAL_HTTP_TIMEOUT="5")["GDAL_HTTP_TIMEOUT"] == "5"
+
+
+def test_run_honours_max_area_km2(tmp_path, capsys):
+    from cli.app import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--aoi", "15.0,47.8,15.1,47.9", "--max-area-km2", "1", "--out", str(tmp_path / "m.zarr"),
+              "--catalog", str(tmp_path / "none.json")])
+    assert exc.value.code == 15
+    assert "1.0 km² guard" in capsys.readouterr().err
+    assert not (tmp_path / "m.zarr").exists()
