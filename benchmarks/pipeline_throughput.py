@@ -1,17 +1,24 @@
 """End-to-end benchmarks of `sgma-batch run` on a synthetic archive with the shipped demo model.
 
-1. sgma-batch (Ray, sequential) versus the naive sequential baseline (benchmarks/naive_baseline.py) on the
-   same AOI, archive and model: throughput ratio and both peak memories (RSS summed over the process
-   tree: driver, raylet, Ray workers).
-2. End-to-end versus model-only on the same tiles: the same per-tile inference (sliding windows, blending)
-   on inputs already in memory, timed alone; ratio = model-only time / end-to-end time.
-3. Scaling: 1x, 4x, 16x the AOI area: time per km2 and peak RSS (wall time of the CLI, and the steady
-   state between the first and last tile commit, which excludes Ray start-up and the model load).
-4. Ray: 1 versus 2 CPU inference actors.
+1. sgma-batch (Ray, and ``--sequential``) versus the naive sequential baseline
+   (benchmarks/naive_baseline.py) on the same AOI, archive and model: throughput ratio and both peak
+   memories (RSS summed over the process tree: driver, raylet, GCS, Ray workers).
+2. End-to-end versus model-only on the same tiles: the pipeline's per-tile inference (sliding windows,
+   blending) on inputs already in memory, timed alone with 1 torch thread (what one actor uses) and
+   with 2 (the whole machine); ratio = end-to-end throughput / model-only throughput.
+3. Scaling: 1x, 4x, 16x the AOI area (one archive, generated once, outside every timed part): time per
+   km2 (CLI wall time, and the steady state between the first and the last tile commit) and peak RSS.
+4. Ray: 1 versus 2 CPU inference actors (``--max-actors``).
+5. Ray start-up alone (``ray.init`` + one task + shutdown), and per run the time to the first tile commit,
+   so a small job's wall time is not read as throughput.
 
-Every measurement runs in a fresh process. Prints a table and writes benchmarks/results/pipeline_throughput.json.
+Every measurement runs in a fresh process, with the 1-minute load average recorded before and after it
+(``--max-load`` waits, polling every 30 s, until the machine is quiet: up to 15 min before the
+first measurement, up to 2 min before each later one; ``wait`` in each row says how it went). Ray runs use a private temp dir
+(RAY_TMPDIR), removed at the end. Prints tables and writes benchmarks/results/pipeline_throughput.json.
+Nothing here asserts on time.
 
-    python benchmarks/pipeline_throughput.py --size-km 7 --base-km 1.5
+    python benchmarks/pipeline_throughput.py --size-km 9 --base-km 2 --max-load 3
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +38,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_throughput.json"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway local cluster on a private machine
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def wait_quiet(max_load: float | None, limit_s: float = 900) -> dict:
+    """Wait (polling every 30 s, at most ``limit_s``) until the 1-minute load is below ``max_load``."""
+    t0 = time.time()
+    while max_load is not None and loadavg()[0] >= max_load and time.time() - t0 < limit_s:
+        print(f"  waiting for a quiet machine: load {loadavg()}", flush=True)
+        time.sleep(30)
+    return {"waited_s": round(time.time() - t0, 1), "quiet": max_load is None or loadavg()[0] < max_load}
 
 
 def _tree_rss_kib(pid: int) -> int:
@@ -54,8 +75,18 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
+MAX_LOAD: float | None = None
+_FIRST = True
+
+
 def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds, peak RSS of its process tree (sampled every 0.1 s), and its JSON stdout."""
+    """Run ``cmd``: wall seconds, peak RSS of its process tree (sampled every 0.1 s), its JSON stdout,
+    and the load average before and after."""
+    global _FIRST
+    wait = wait_quiet(MAX_LOAD, 900 if _FIRST else 120)  # up to 15 min before the first, 2 min between runs
+    _FIRST = False
+    load0 = loadavg()
+    started = time.time()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     peak = [0]
@@ -72,23 +103,35 @@ def measure(cmd: list[str]) -> dict:
     done.set()
     sampler.join()
     seconds = time.perf_counter() - t0
-    print(f"  {' '.join(Path(c).name for c in cmd[1:4])} ... {seconds:.1f} s, tree peak RSS {peak[0] / 1024:.0f} MiB",
-          flush=True)
+    load1 = loadavg()
+    print(f"  {' '.join(Path(c).name for c in cmd[1:4])} ... {seconds:.1f} s, tree peak RSS {peak[0] / 1024:.0f} MiB,"
+          f" load {load0[0]:.2f} -> {load1[0]:.2f}", flush=True)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {err[-2000:]}")
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    return {"wall_s": round(seconds, 2), "peak_rss_mib": round(peak[0] / 1024, 1),
+    return {"wall_s": round(seconds, 2), "peak_rss_mib": round(peak[0] / 1024, 1), "started_unix": started,
+            "load_start": load0, "load_end": load1, "wait": wait,
             "result": json.loads(lines[-1]) if lines else None}
 
 
-def steady_state(store: Path) -> dict:
-    """Tiles committed after the first commit, over the time between the first and last commit."""
+def _px(rec: dict) -> int:
+    (y0, y1), (x0, x1) = rec["region"]
+    return (y1 - y0) * (x1 - x0)
+
+
+def steady_state(store: Path, started_unix: float) -> dict:
+    """Start-up (process start to the first tile commit) and the steady state: tiles committed after the
+    first, over the time between the first and the last commit (km2 of tile cores, 10 m pixels)."""
     recs = sorted((p.stat().st_mtime, json.loads(p.read_text())) for p in (store / "manifest").glob("*.json"))
-    if len(recs) < 3:
-        return {"tiles_per_s": None, "km2_per_h": None}
+    if not recs:
+        return {"first_commit_s": None, "tiles_per_s": None, "km2_per_h": None}
+    first = round(recs[0][0] - started_unix, 2)
     span = recs[-1][0] - recs[0][0]
-    px = sum((r["region"][0][1] - r["region"][0][0]) * (r["region"][1][1] - r["region"][1][0]) for _, r in recs[1:])
-    return {"tiles_per_s": round((len(recs) - 1) / span, 3), "km2_per_h": round(px * 1e-4 / span * 3600, 1)}
+    if len(recs) < 3 or span <= 0:
+        return {"first_commit_s": first, "tiles_per_s": None, "km2_per_h": None}
+    px = sum(_px(r) for _, r in recs[1:])
+    return {"first_commit_s": first, "steady_span_s": round(span, 2),
+            "tiles_per_s": round((len(recs) - 1) / span, 3), "km2_per_h": round(px * 1e-4 / span * 3600, 1)}
 
 
 def aoi_bbox(info, side_km: float) -> tuple[str, float]:
@@ -102,7 +145,8 @@ def aoi_bbox(info, side_km: float) -> tuple[str, float]:
 
 
 def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int) -> dict:
-    """Read every tile first (untimed), then time only the per-tile inference of the pipeline."""
+    """Read every tile first (untimed), warm up on one tile, then time only the pipeline's per-tile
+    inference (``TileRunner.infer``: windows, forward, blending) with 1 and with 2 torch threads."""
     import torch
 
     from sgma_batch.execute import InferenceConfig, TileRunner, read_tile
@@ -113,115 +157,197 @@ def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_
     prep = _prepare(spec)
     cfg = InferenceConfig(checkpoint=prep.model_path, store="unused.zarr", layout=prep.layout,
                           aoi_wkt=aoi_in_grid_crs(prep.aoi.geometry, prep.geobox).wkt, window_px=spec.window_px,
-                          overlap_px=spec.overlap_px, threads=2)
-    torch.set_num_threads(2)
+                          overlap_px=spec.overlap_px)
     runner = TileRunner(cfg)
-    tiles = [read_tile(t, runner.card, cfg) for t in prep.tasks]
     t0 = time.perf_counter()
-    for tile in tiles:
-        runner.infer(tile)
-    return {"tiles": len(tiles), "seconds": round(time.perf_counter() - t0, 3)}
+    tiles = [read_tile(t, runner.card, cfg) for t in prep.tasks]
+    read_s = time.perf_counter() - t0
+    px = sum((t.task.region[0].stop - t.task.region[0].start) * (t.task.region[1].stop - t.task.region[1].start)
+             for t in tiles)
+    runner.infer(tiles[0])  # warm-up (lazy init), untimed
+    res: dict = {"tiles": len(tiles), "km2": round(px * 1e-4, 3), "read_all_s": round(read_s, 3)}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        for tile in tiles:
+            runner.infer(tile)
+        s = time.perf_counter() - t0
+        res[f"threads{threads}_s"] = round(s, 3)
+        res[f"threads{threads}_km2_per_h"] = round(px * 1e-4 / s * 3600, 1)
+    return res
 
 
-def ray_actors(catalog: str, aoi: str, start: str, end: str, out: str, tile_px: int, halo_px: int,
-               actors: int) -> dict:
-    from sgma_batch.run import RunSpec, run_mosaic
+def ray_startup() -> dict:
+    """Ray's fixed cost alone: import, ``ray.init`` (local cluster), one trivial task, shutdown."""
+    t0 = time.perf_counter()
+    import ray
 
-    s = run_mosaic(RunSpec(aoi=aoi, out=out, start=start, end=end, catalog=catalog, tile_px=tile_px,
-                           halo_px=halo_px, max_actors=actors))
-    return s.to_dict()
+    t1 = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    t2 = time.perf_counter()
+    ray.get(ray.remote(lambda: 1).remote())
+    t3 = time.perf_counter()
+    ray.shutdown()
+    t4 = time.perf_counter()
+    return {"import_s": round(t1 - t0, 2), "init_s": round(t2 - t1, 2), "first_task_s": round(t3 - t2, 2),
+            "shutdown_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2)}
+
+
+def spread(values: list[float]) -> float | None:
+    """max/min - 1 (0.15 = the largest is 15 % above the smallest)."""
+    vals = [v for v in values if v]
+    return round(max(vals) / min(vals) - 1, 3) if len(vals) == len(values) and vals else None
 
 
 def main() -> None:
+    global MAX_LOAD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-km", type=float, default=7.0, help="synthetic archive extent (square)")
+    ap.add_argument("--size-km", type=float, default=9.0, help="synthetic archive extent (square); > 4x base-km")
     ap.add_argument("--dates", type=int, default=2)
-    ap.add_argument("--base-km", type=float, default=1.5, help="side of the 1x AOI; 4x and 16x double it")
+    ap.add_argument("--base-km", type=float, default=2.0, help="side of the 1x AOI; 4x and 16x double it twice")
     ap.add_argument("--tile-px", type=int, default=256)
     ap.add_argument("--halo-px", type=int, default=32)
+    ap.add_argument("--max-load", type=float, default=None,
+                    help="before each measurement wait (<= 15 min) until the 1-minute load is below this")
+    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--_inner", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._inner:  # a measurement run in its own process
         kind, *rest = a._inner
         if kind == "model-only":
             print(json.dumps(model_only(*rest[:4], int(rest[4]), int(rest[5]))))
-        else:
-            print(json.dumps(ray_actors(*rest[:5], int(rest[5]), int(rest[6]), int(rest[7]))))
+        elif kind == "ray-startup":
+            print(json.dumps(ray_startup()))
         return
+    MAX_LOAD = a.max_load
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sgbr-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    ENV["RAY_TMPDIR"] = str(ray_tmp)  # every Ray this benchmark starts lives (and is removed) here
+    if a.size_km < 4 * a.base_km + 0.5:
+        ap.error("--size-km must exceed 4 x --base-km (the 16x AOI must fit in the archive)")
 
     from sgma_batch.synthetic import generate_archive
 
     tmp = Path(tempfile.mkdtemp(prefix="sgma-bench-"))
-    t0 = time.perf_counter()
-    info = generate_archive(tmp / "archive", seed=0, size_km=(a.size_km, a.size_km), dates=a.dates)
-    print(f"archive {a.size_km} km x {a.dates} dates generated in {time.perf_counter() - t0:.1f} s", flush=True)
+    try:
+        t0 = time.perf_counter()
+        info = generate_archive(tmp / "archive", seed=0, size_km=(a.size_km, a.size_km), dates=a.dates)
+        gen_s = time.perf_counter() - t0
+        print(f"archive {a.size_km} km x {a.dates} dates generated in {gen_s:.1f} s (untimed)", flush=True)
+        _run_all(a, info, tmp, gen_s)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _run_all(a, info, tmp: Path, gen_s: float) -> None:
     cat = str(info.catalog_path)
     start, end = str(min(info.dates))[:10], str(max(info.dates))[:10]
     tiling = ["--tile-px", str(a.tile_px), "--halo-px", str(a.halo_px)]
     py = sys.executable
     rows: dict[str, dict] = {}
+    load_begin = loadavg()
 
     def cli_run(name: str, aoi: str, *extra: str) -> dict:
         out = tmp / f"{name}.zarr"
         r = measure([py, "-m", "cli.app", "run", "--aoi", aoi, "--catalog", cat, "--start", start, "--end", end,
                      *tiling, "--out", str(out), "--json", *extra])
-        r["steady"] = steady_state(out)
+        r["steady"] = steady_state(out, r["started_unix"])
+        shutil.rmtree(out, ignore_errors=True)
         return r
 
-    big_aoi, big_area = aoi_bbox(info, a.base_km * 4)
-    rows["naive"] = measure([py, "benchmarks/naive_baseline.py", "--catalog", cat, "--aoi", big_aoi, "--start",
-                             start, "--end", end, "--out", str(tmp / "naive.tif"), "--tile-px", str(a.tile_px),
-                             "--halo-px", str(a.halo_px), "--json"])
-    rows["sgma_ray_16x"] = cli_run("ray16", big_aoi)
-    rows["sgma_sequential_16x"] = cli_run("seq16", big_aoi, "--sequential")
+    sides = {1: a.base_km, 4: a.base_km * 2, 16: a.base_km * 4}
+    big_aoi, big_area = aoi_bbox(info, sides[16])
+    rows["ray_startup"] = measure([py, "benchmarks/pipeline_throughput.py", "--_inner", "ray-startup"])
+    rows["naive_16x"] = measure([py, "benchmarks/naive_baseline.py", "--catalog", cat, "--aoi", big_aoi, "--start",
+                                 start, "--end", end, "--out", str(tmp / "naive.tif"), "--tile-px", str(a.tile_px),
+                                 "--halo-px", str(a.halo_px), "--json"])
+    rows["ray_1actor_16x"] = cli_run("ray16", big_aoi)
+    rows["sequential_16x"] = cli_run("seq16", big_aoi, "--sequential")
     rows["model_only_16x"] = measure([py, "benchmarks/pipeline_throughput.py", "--_inner", "model-only", cat,
                                       big_aoi, start, end, str(a.tile_px), str(a.halo_px)])
-    for n in (1, 2):
-        rows[f"ray_{n}_actor_16x"] = measure([py, "benchmarks/pipeline_throughput.py", "--_inner", "actors", cat,
-                                              big_aoi, start, end, str(tmp / f"act{n}.zarr"), str(a.tile_px),
-                                              str(a.halo_px), str(n)])
-        rows[f"ray_{n}_actor_16x"]["steady"] = steady_state(tmp / f"act{n}.zarr")
-    scaling = []
-    for mult, side in ((1, a.base_km), (4, a.base_km * 2), (16, a.base_km * 4)):
-        aoi, area = aoi_bbox(info, side)
-        r = rows["sgma_ray_16x"] if mult == 16 else cli_run(f"ray{mult}", aoi)
-        scaling.append({"area_x": mult, "area_km2": area, "tiles": r["result"]["tiles"], "wall_s": r["wall_s"],
-                        "s_per_km2": round(r["wall_s"] / area, 3), "steady_km2_per_h": r["steady"]["km2_per_h"],
-                        "peak_rss_mib": r["peak_rss_mib"]})
+    rows["ray_2actors_16x"] = cli_run("ray16a2", big_aoi, "--max-actors", "2")
+    for mult in (1, 4):
+        aoi, _ = aoi_bbox(info, sides[mult])
+        rows[f"ray_1actor_{mult}x"] = cli_run(f"ray{mult}", aoi)
+        rows[f"sequential_{mult}x"] = cli_run(f"seq{mult}", aoi, "--sequential")
+    load_finish = loadavg()
 
-    naive, ray_, seq = rows["naive"], rows["sgma_ray_16x"], rows["sgma_sequential_16x"]
-    e2e_model = rows["model_only_16x"]["result"]["seconds"]
-    seq_compute = seq["result"]["seconds"]
+    scaling = []
+    for ex in ("ray_1actor", "sequential"):
+        for mult, side in sides.items():
+            r = rows[f"{ex}_{mult}x"]
+            area = side * side
+            st = r["steady"]
+            scaling.append({
+                "executor": ex, "area_x": mult, "area_km2": area, "tiles": r["result"]["tiles"],
+                "wall_s": r["wall_s"], "s_per_km2": round(r["wall_s"] / area, 3),
+                "first_commit_s": st["first_commit_s"],
+                "steady_s_per_km2": round(3600 / st["km2_per_h"], 3) if st["km2_per_h"] else None,
+                "peak_rss_mib": r["peak_rss_mib"], "load_start": r["load_start"][0], "load_end": r["load_end"][0]})
+
+    def sc(ex: str, key: str) -> float | None:
+        return spread([s[key] for s in scaling if s["executor"] == ex])
+
+    naive, ray1, seq, mo = rows["naive_16x"], rows["ray_1actor_16x"], rows["sequential_16x"], rows["model_only_16x"]
+    ray2 = rows["ray_2actors_16x"]
+    mo_r = mo["result"]
+    # end-to-end throughput over model-only throughput, on the same tiles (km2 of tile cores)
+    mo1, mo2 = mo_r["threads1_km2_per_h"], mo_r["threads2_km2_per_h"]
+    tile_km2 = mo_r["km2"]
+
+    def e2e(r: dict) -> float:
+        return tile_km2 / r["wall_s"] * 3600
+
     summary = {
-        "aoi_km2": big_area,
-        "tiles": ray_["result"]["tiles"],
+        "aoi_km2": big_area, "tiles": ray1["result"]["tiles"], "tile_cores_km2": tile_km2,
+        "archive": {"size_km": a.size_km, "dates": a.dates, "generate_s": round(gen_s, 1)},
         "naive_wall_s": naive["wall_s"], "naive_peak_rss_mib": naive["peak_rss_mib"],
-        "ray_wall_s": ray_["wall_s"], "ray_peak_rss_mib": ray_["peak_rss_mib"],
+        "naive_forward_s": naive["result"]["forward_s"], "naive_read_s": naive["result"]["read_s"],
+        "ray_wall_s": ray1["wall_s"], "ray_peak_rss_mib": ray1["peak_rss_mib"],
         "sequential_wall_s": seq["wall_s"], "sequential_peak_rss_mib": seq["peak_rss_mib"],
-        "throughput_ratio_ray_vs_naive": round(naive["wall_s"] / ray_["wall_s"], 3),
+        "throughput_ratio_ray_vs_naive": round(naive["wall_s"] / ray1["wall_s"], 3),
         "throughput_ratio_sequential_vs_naive": round(naive["wall_s"] / seq["wall_s"], 3),
-        "model_only_s": e2e_model,
-        "model_only_over_end_to_end_sequential": round(e2e_model / seq_compute, 3),
-        "ray_1_actor_wall_s": rows["ray_1_actor_16x"]["wall_s"], "ray_2_actor_wall_s": rows["ray_2_actor_16x"]["wall_s"],
-        "ray_1_actor_steady_km2_per_h": rows["ray_1_actor_16x"]["steady"]["km2_per_h"],
-        "ray_2_actor_steady_km2_per_h": rows["ray_2_actor_16x"]["steady"]["km2_per_h"],
+        "ray_startup_total_s": rows["ray_startup"]["result"]["total_s"],
+        "model_only_1thread_s": mo_r["threads1_s"], "model_only_2threads_s": mo_r["threads2_s"],
+        "model_only_1thread_km2_per_h": mo1, "model_only_2threads_km2_per_h": mo2,
+        "e2e_over_model_only_2threads": {
+            "ray_1actor_wall": round(e2e(ray1) / mo2, 3), "ray_2actors_wall": round(e2e(ray2) / mo2, 3),
+            "sequential_wall": round(e2e(seq) / mo2, 3),
+            "ray_1actor_steady": round((ray1["steady"]["km2_per_h"] or 0) / mo2, 3),
+            "ray_2actors_steady": round((ray2["steady"]["km2_per_h"] or 0) / mo2, 3)},
+        "e2e_over_model_only_1thread": {
+            "ray_1actor_wall": round(e2e(ray1) / mo1, 3), "sequential_wall": round(e2e(seq) / mo1, 3),
+            "ray_1actor_steady": round((ray1["steady"]["km2_per_h"] or 0) / mo1, 3)},
+        "ray_1_actor_wall_s": ray1["wall_s"], "ray_2_actor_wall_s": ray2["wall_s"],
+        "ray_1_actor_steady_km2_per_h": ray1["steady"]["km2_per_h"],
+        "ray_2_actor_steady_km2_per_h": ray2["steady"]["km2_per_h"],
+        "ray_1_actor_peak_rss_mib": ray1["peak_rss_mib"], "ray_2_actor_peak_rss_mib": ray2["peak_rss_mib"],
+        "scaling_spread": {ex: {"s_per_km2_wall": sc(ex, "s_per_km2"), "s_per_km2_steady": sc(ex, "steady_s_per_km2"),
+                                "peak_rss": sc(ex, "peak_rss_mib")} for ex in ("ray_1actor", "sequential")},
+        "load_begin": load_begin, "load_finish": load_finish,
     }
-    print(f"\n{'run':24s} {'wall s':>8s} {'peak RSS MiB':>13s}  notes")
+    print(f"\n{'run':18s} {'wall s':>7s} {'RSS MiB':>8s} {'load':>11s} {'1st commit':>10s} {'steady km2/h':>12s}")
     for name, r in rows.items():
-        note = r.get("steady", {}).get("km2_per_h")
-        print(f"{name:24s} {r['wall_s']:8.1f} {r['peak_rss_mib']:13.0f}  "
-              + (f"steady {note} km2/h" if note else json.dumps(r["result"])[:70]))
-    print(f"\n{'area':>6s} {'km2':>7s} {'tiles':>6s} {'wall s':>7s} {'s/km2':>7s} {'steady km2/h':>13s} {'RSS MiB':>8s}")
+        st = r.get("steady", {})
+        print(f"{name:18s} {r['wall_s']:7.1f} {r['peak_rss_mib']:8.0f} {r['load_start'][0]:5.2f}-{r['load_end'][0]:<5.2f}"
+              f" {st.get('first_commit_s') or 0:10.1f} {st.get('km2_per_h') or 0:12.0f}"
+              + ("" if st else "  " + json.dumps(r["result"])[:90]))
+    print(f"\n{'executor':11s} {'area':>5s} {'km2':>5s} {'tiles':>5s} {'wall s':>7s} {'s/km2':>6s} {'1st s':>6s}"
+          f" {'steady s/km2':>12s} {'RSS MiB':>8s}")
     for s in scaling:
-        print(f"{s['area_x']:5d}x {s['area_km2']:7.2f} {s['tiles']:6d} {s['wall_s']:7.1f} {s['s_per_km2']:7.3f} "
-              f"{s['steady_km2_per_h'] or 0:13.1f} {s['peak_rss_mib']:8.0f}")
+        print(f"{s['executor']:11s} {s['area_x']:4d}x {s['area_km2']:5.0f} {s['tiles']:5d} {s['wall_s']:7.1f} "
+              f"{s['s_per_km2']:6.2f} {s['first_commit_s'] or 0:6.1f} {s['steady_s_per_km2'] or 0:12.3f} "
+              f"{s['peak_rss_mib']:8.0f}")
     print("\n" + json.dumps(summary, indent=1))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "note": "2 cores shared with other jobs"},
-        "params": vars(a) | {"_inner": None}, "summary": summary, "scaling": scaling, "rows": rows,
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": {"cpus": os.cpu_count(), "gpu": None, "python": platform.python_version(),
+                    "platform": platform.platform(), "note": "2 cores, no GPU; load averages per row"},
+        "params": {k: v for k, v in vars(a).items() if k != "_inner"}, "summary": summary, "scaling": scaling,
+        "rows": rows,
     }, indent=2, default=str) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
