@@ -105,12 +105,14 @@ def resolve_href(scene: Scene, asset: AssetRef | str) -> str:
     return get_signer(str(name))(ref.href)
 
 
-_URL_QUERY = re.compile(r"((?:https?|s3)://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+# A query string (``?k=v&...``) right after a path or URL. GDAL's messages name a signed asset by its
+# file name alone (``s1_vv.tif?se=...&sig=...``), so the scheme cannot be required.
+_URL_QUERY = re.compile(r"(?<=[^\s?'\"<>=&])\?[^\s'\"<>?]*=[^\s'\"<>]*")
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with the query string of every URL replaced: SAS tokens and signatures live there."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
+    """``text`` with the query string of every URL or path replaced: SAS tokens and signatures live there."""
+    return _URL_QUERY.sub("?<redacted>", text)
 
 
 class RedactSignedUrls(logging.Filter):
@@ -119,6 +121,6 @@ class RedactSignedUrls(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "://" in message and "?" in message:
+        if "?" in message and "=" in message:
             record.msg, record.args = redact_urls(message), None
         return True
