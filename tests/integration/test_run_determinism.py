@@ -45,7 +45,10 @@ def test_actor_count_and_task_order_do_not_change_a_bit(ray_local, checkpoint, t
 
     workers_one = {r["worker"] for r in read_manifest(tmp_path / "one.zarr").values()}
     workers_two = {r["worker"] for r in read_manifest(tmp_path / "two.zarr").values()}
-    assert len(workers_one) == 1 and len(workers_two) == 2  # the pools really had 1 and 2 actors
+    # One actor does every tile of the 1-actor pool. Which of the 2 actors gets which tile is up to Ray's
+    # scheduler (on a loaded machine one actor can take all 6), so only the upper bound is certain; the
+    # pool sizing itself is checked in tests/unit/test_plan.py.
+    assert len(workers_one) == 1 and 1 <= len(workers_two) <= 2
     assert np.isfinite(one["probability"][:, one["class"] != 255]).all()
     assert (one["class"] != 255).mean() > 0.8
     for name in VARIABLES:
