@@ -19,11 +19,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return rh.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=3)
 

@@ -26,11 +26,6 @@ TILE_PX, HALO_PX = 32, 16  # ~80 small tiles: a run lasts long enough to be inte
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return run_archive.build_archive(tmp_path_factory.mktemp("archive"))
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return rh.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=2)
 
