@@ -166,7 +166,13 @@ class _FaultServer(http.server.ThreadingHTTPServer):
 def fault_proxy(upstream: str, *, failures: int = 2, status: int = 503) -> Iterator[_FaultServer]:
     """A real HTTP proxy on 127.0.0.1 answering ``status`` to the first ``failures`` requests of each
     method+path, then forwarding to ``upstream``. ``server.faults`` counts the injected failures."""
-    server = _FaultServer(upstream, failures, status)
+    with _serving(_FaultServer(upstream, failures, status)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serving(server: http.server.ThreadingHTTPServer) -> Iterator[Any]:
+    """Serve ``server`` on a background thread for the duration of the block, then close it."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -646,14 +652,8 @@ def drop_proxy(upstream: str, *, failures: int = 2) -> Iterator[_FaultServer]:
     connection (a connection error, not an HTTP status)."""
     server = _FaultServer(upstream, failures, 0)
     server.RequestHandlerClass = _DropHandler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with _serving(server) as running:
+        yield running
 
 
 if __name__ == "__main__":
