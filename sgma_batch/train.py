@@ -72,6 +72,7 @@ class TrainSpec(BaseModel):
     hpdm_weight: float = 100.0
     rrm_weight: float = 12.0
     augment: bool = True
+    val_every: int = Field(1, ge=1, description="validate every N epochs (and always after the last)")
     workers: int = Field(2, ge=1)
     gpu: bool = False
     amp: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
@@ -365,7 +366,7 @@ def train_loop_per_worker(config: dict) -> None:
         # finished_at: when this epoch was trained; a resumed run keeps the earlier epochs' values
         metrics: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
                                    "finished_at": time.time()}
-        if len(val_data):
+        if len(val_data) and ((epoch + 1) % spec.val_every == 0 or epoch + 1 == spec.epochs):
             cms = validate(model, val_data, val_idx, subsets, num_classes, batch_size=spec.batch_size,
                            device=device, autocast=autocast)
             stacked = torch.stack([cms[s] for s in subsets]).to(device)

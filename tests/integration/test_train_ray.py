@@ -51,17 +51,20 @@ def test_train_two_workers_checkpoint_and_resume(tmp_path, ray_local):
     assert all(0 <= v <= 100 for v in metrics["miou_per_subset"].values())
     assert card.training["data"]["counts"] == {"train": 18, "val": 9, "test": 9}
 
-    # rerun with the same name and more epochs: continues from epoch 1 instead of starting over
-    second = train(TrainSpec(**base, epochs=2))
-    assert second.epochs == 2
-    assert [h["epoch"] for h in second.history] == [0, 1]
+    # rerun with the same name and more epochs: continues from epoch 1 instead of starting over;
+    # val_every=3 skips validation after epoch 1 (of 0..2) but never after the last
+    second = train(TrainSpec(**base, epochs=3, val_every=3))
+    assert second.epochs == 3
+    assert [h["epoch"] for h in second.history] == [0, 1, 2]
+    assert "val_average" not in second.history[1] and "val_average" in second.history[2]
     assert second.history[0]["loss"] == pytest.approx(first.history[0]["loss"])
     # epoch 0 was not trained again: its record (incl. when it finished) is the first run's, verbatim
     assert second.history[0]["finished_at"] == first.history[0]["finished_at"]
     assert second.history[1]["finished_at"] > first.history[0]["finished_at"]
     _, card2 = load_checkpoint(second.checkpoint)
-    assert card2.training["epochs"] == 2 and card2.model_hash != card.model_hash
-    assert np.isfinite(second.history[1]["loss"])
+    assert card2.training["epochs"] == 3 and card2.model_hash != card.model_hash
+    assert np.isfinite(second.history[2]["loss"])
+    assert card2.training["metrics"]["average"] == second.history[2]["val_average"]
     json.dumps(card2.training)  # serialisable
 
     # the evaluate command on the trained checkpoint: JSON with every subset, both conventions
