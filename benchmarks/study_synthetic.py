@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--subset-prob", type=float, default=0.7)
     ap.add_argument("--hole-prob", type=float, default=0.3)
+    ap.add_argument("--val-every", type=int, default=1, help="per-epoch validation cadence (training logs only)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_synthetic.json")
     ap.add_argument("--merge", type=Path, nargs="*", default=None, help="only print the table of these JSONs")
     args = ap.parse_args()
@@ -62,13 +63,13 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="synth-study-"))
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     common = dict(chips=args.chips, storage=work / "runs", epochs=args.epochs, batch_size=8, lr=2e-3,
-                  warmup_epochs=2, workers=1)
+                  warmup_epochs=2, workers=1, val_every=args.val_every)
     recipe = dict(subset_prob=args.subset_prob, hole_prob=args.hole_prob)
     results: dict[str, dict[str, list[float]]] = {}
     t0 = time.time()
 
     def save() -> None:
-        out = {"chips": str(args.chips), "epochs": args.epochs, "seeds": args.seeds, "recipe": recipe,
+        out = {"chips": str(args.chips), "epochs": args.epochs, "val_every": args.val_every, "seeds": args.seeds, "recipe": recipe,
                "results": results, "wall_s": time.time() - t0}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2))
