@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pipeline_throughput as pt  # noqa: E402  (measure, steady_state, aoi_bbox, load waits)
+import pipeline_throughput as pt
 
 ROOT = pt.ROOT
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
@@ -89,6 +89,12 @@ def start_head(ray_tmp: Path) -> str:
                     "--num-cpus", str(os.cpu_count()), "--include-dashboard", "false", "--disable-usage-stats",
                     "--temp-dir", str(ray_tmp)], check=True, env=pt.ENV, capture_output=True, text=True)
     return f"127.0.0.1:{port}"
+
+
+def stop_head() -> None:
+    """``ray stop --force`` (the warm head and its workers)."""
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=pt.ENV, capture_output=True,
+                   check=False)
 
 
 def fit_line(areas: list[float], walls: list[float]) -> dict:
@@ -152,13 +158,11 @@ def main() -> None:
                     **{k: r[k] for k in ("driver_peak_rss_mib", "cluster_peak_rss_mib") if k in r},
                     "load_start": r["load_start"][0], "load_end": r["load_end"][0], "wait": r["wait"]})
             if ex == "ray-warm":
-                subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=pt.ENV,
-                               capture_output=True)
+                stop_head()
                 address = None
     finally:
         if address:
-            subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=pt.ENV,
-                           capture_output=True)
+            stop_head()
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -170,7 +174,7 @@ def main() -> None:
             "spread_s_per_km2_wall": pt.spread([r["s_per_km2"] for r in rs]),
             "spread_s_per_km2_steady": pt.spread([r["steady_s_per_km2"] for r in rs]),
             "spread_peak_rss": pt.spread([r["peak_rss_mib"] for r in rs])}
-    print(f"\n| executor | area | km² | tiles | wall s | s/km² (wall) | 1st commit s | steady s/km² | peak RSS MiB |"
+    print("\n| executor | area | km² | tiles | wall s | s/km² (wall) | 1st commit s | steady s/km² | peak RSS MiB |"
           " load |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['executor']} | {r['area_x']}x | {r['area_km2']:.0f} | {r['tiles']} | {r['wall_s']:.1f} | "

@@ -140,30 +140,7 @@ def cli_with_terminal_stderr(*args: str, timeout: float = 600) -> tuple[int, str
 
     Returns (exit code, stdout, what the terminal showed).
     """
-    import pty
-    import threading
+    from terminal import cli_on_terminal
 
-    master, slave = pty.openpty()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "120"}
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # keep the terminal's buffer empty, or the child blocks on a full pty
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "cli.app", *args], stdout=subprocess.PIPE, stderr=slave,
-                              text=True, env=env, check=False, cwd=REPO, timeout=timeout)
-    finally:
-        os.close(slave)
-        reader.join(timeout=10)
-        os.close(master)
-    return proc.returncode, proc.stdout, b"".join(chunks).decode(errors="replace")
+    return cli_on_terminal(*args, stream="stderr", env={"RAY_AUTH_MODE": "disabled", "COLUMNS": "120"},
+                           timeout=timeout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,26 +44,11 @@ def test_plain_output_and_exit_codes():
 
 def test_table_on_a_terminal():
     """On a terminal (a real pseudo-terminal) the scenes are a table per modality; machine lines otherwise."""
-    import pty
+    from terminal import cli_on_terminal
 
-    master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.app", "search", "--aoi=-105.2,39.9,-105.0,40.1", "--start",
-                             "2024-04-05", "--end", "2024-04-07", "--catalog", ES10], stdout=slave,
-                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2], env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    proc.stderr.close()
-    screen = b"".join(chunks).decode()
+    code, stderr, screen = cli_on_terminal("search", "--aoi=-105.2,39.9,-105.0,40.1", "--start", "2024-04-05",
+                                           "--end", "2024-04-07", "--catalog", ES10, stream="stdout",
+                                           env={"COLUMNS": "200", "TERM": "xterm"}, timeout=120)
+    assert code == 0, stderr
     assert "s2: 2 scenes" in screen and "cloud %" in screen and "\t" not in screen
     assert "S2A_T13TDE_20240405T175934_L2A" in screen and "S2B_T13TDE_20240407T174209_L2A" in screen
