@@ -1,9 +1,11 @@
 """Real servers on 127.0.0.1 for tests: rustac, stac-fastapi-pgstac on PostgreSQL/PostGIS, a STAC proxy that
 answers 503 (or 429) a given number of times before forwarding, an HTTP asset server with Range support,
-and a seeded fault-injecting proxy (5xx, connection resets, stalls, truncated bodies) in front of it.
+a seeded fault-injecting proxy (5xx, connection resets, stalls, truncated bodies) in front of it, and an
+S3-compatible object store (moto's ``moto_server``).
 
 Every server is a context manager that starts a real process (or thread) and tears it down. The asset
-server and the chaos proxy are separate processes: ``python tests/servers.py assets|chaos ...``.
+server and the chaos proxy are separate processes: ``python tests/servers.py assets|chaos ...``; so is
+the S3 server (``moto_server``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -572,9 +575,69 @@ def chaos_proxy(
         _stop(proc)
 
 
+# -- an S3-compatible object store: moto's server (a separate process) ----------------------------------
+S3_KEY_ID, S3_SECRET, S3_REGION = "testing-key-id", "testing-secret", "us-east-1"
+_S3_LOG_LINE = re.compile(r'"(GET|HEAD|PUT) (/[^ ?"]*)[^"]*" (\d{3})')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours its request lines, even into a file
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Server:
+    """A running S3 server holding one bucket: its URL, bucket and request log."""
+
+    url: str  # http://127.0.0.1:PORT
+    bucket: str
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port``, as GDAL's ``AWS_S3_ENDPOINT`` wants it."""
+        return self.url.removeprefix("http://")
+
+    def gdal_env(self, **overrides: str) -> dict[str, str]:
+        """The environment that points GDAL's ``/vsis3/`` (and boto3) at this server, path-style, plain HTTP."""
+        return {"AWS_S3_ENDPOINT": self.endpoint, "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+                "AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": S3_REGION,
+                **overrides}
+
+    def served(self, method: str = "GET", status: str = "") -> Counter[str]:
+        """``{"/bucket/key": n}``: the ``method`` requests the server process logged, with a status starting
+        with ``status`` (any by default)."""
+        seen: Counter[str] = Counter()
+        for m, path, code in _S3_LOG_LINE.findall(_ANSI.sub("", self.log.read_text(errors="replace"))):
+            if m == method and code.startswith(status):
+                seen[path] += 1
+        return seen
+
+
+@contextlib.contextmanager
+def s3_server(root: Path, bucket: str = "archive", workdir: Path | None = None) -> Iterator[S3Server]:
+    """``moto_server`` on a free port with ``bucket`` holding every file under ``root`` (keys relative to
+    it, uploaded with boto3); yields an :class:`S3Server`. Its stderr (one line per request) is ``.log``."""
+    import boto3
+
+    port = free_port()
+    log = (workdir or Path(tempfile.gettempdir())) / f"s3-{port}.log"
+    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT)
+    server = S3Server(f"http://127.0.0.1:{port}", bucket, log)
+    try:
+        _wait_http(server.url + "/moto-api/", proc, 60, log)
+        s3 = boto3.client("s3", endpoint_url=server.url, aws_access_key_id=S3_KEY_ID,
+                          aws_secret_access_key=S3_SECRET, region_name=S3_REGION)
+        s3.create_bucket(Bucket=bucket)
+        for f in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+            s3.upload_file(str(f), bucket, f.relative_to(root).as_posix())
+        yield server
+    finally:
+        _stop(proc)
+
+
 def remote_items(catalog: Path, root: Path, base_url: str, out: Path) -> Path:
     """The items of a local static catalogue with every asset under ``root`` re-pointed at ``base_url``
-    (relative paths kept), written as one item-collection file: the same archive, read over HTTP."""
+    (relative paths kept), written as one item-collection file: the same archive, read over HTTP (or S3,
+    with an ``s3://bucket`` base)."""
     from sgma_batch.search import StaticCatalog
 
     root = root.resolve()
