@@ -31,6 +31,9 @@ ARCHS = {
     "SGF only": "sgf_only_tiny",
     "MAS only": "mas_only_tiny",
 }
+# single-sensor models (mean_fusion_tiny on one modality): what each sensor alone can reach, i.e. the
+# ceiling of a fusion model's score on that one-modality subset
+REFERENCES = {"S2-only model": "s2", "S1-only model": "s1", "DEM-only model": "dem"}
 
 
 def main() -> None:
@@ -45,7 +48,12 @@ def main() -> None:
     ap.add_argument("--val-every", type=int, default=1, help="per-epoch validation cadence (training logs only)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_synthetic.json")
     ap.add_argument("--merge", type=Path, nargs="*", default=None, help="only print the table of these JSONs")
+    ap.add_argument("--per-subset", type=Path, nargs="*", default=None,
+                    help="only score every checkpoint under these --work folders per modality subset (test split)")
     args = ap.parse_args()
+    if args.per_subset:
+        per_subset_table(args.per_subset, args.chips)
+        return
     if args.merge:
         merged: dict[str, dict[str, list[float]]] = {}
         for f in args.merge:
@@ -77,9 +85,11 @@ def main() -> None:
     def record(row: str, ckpt: Path) -> None:
         rep = evaluate_checkpoint(ckpt, args.chips, protocols=("emm",))
         for conv in ("dropped", "zero-filled"):
-            s = rep.find("emm", conv).summary
+            res = rep.find("emm", conv)
             for k in ("average", "last1", "top1"):
-                results.setdefault(row, {}).setdefault(f"{conv}:{k}", []).append(s[k])
+                results.setdefault(row, {}).setdefault(f"{conv}:{k}", []).append(res.summary[k])
+            for subset, v in res.scores.items():
+                results[row].setdefault(f"{conv}:miou:{'+'.join(subset)}", []).append(v)
         val = evaluate_checkpoint(ckpt, args.chips, split="val", protocols=("emm",), conventions=("dropped",))
         for k in ("average", "last1"):  # recorded for recipe checks; never used on the test numbers
             results[row].setdefault(f"val-dropped:{k}", []).append(val.find("emm", "dropped").summary[k])
@@ -93,6 +103,13 @@ def main() -> None:
             res = train(TrainSpec(name=f"{arch}-s{seed}", model=arch, seed=seed, **recipe, **common))
             record(row, res.checkpoint)
             save()
+        for row, mod in REFERENCES.items():
+            if args.only and row not in args.only:
+                continue
+            res = train(TrainSpec(name=f"only-{mod}-s{seed}", model="mean_fusion_tiny", modalities=[mod], seed=seed,
+                                  **recipe, **common))
+            record(row, res.checkpoint)
+            save()
         if not args.only or "robustseg" in args.only:
             teacher = train(TrainSpec(name=f"teacher-s{seed}", model="sgma_tiny", seed=seed, subset_prob=0.0,
                                       hole_prob=0.0, **common))
@@ -102,6 +119,23 @@ def main() -> None:
             save()
     ray.shutdown()
     print_table(results)
+
+
+def per_subset_table(works: list[Path], chips: Path) -> None:
+    """Test mIoU per modality subset (EMM, dropped) of every run ``<arch>-s<seed>`` under ``works``."""
+    from sgma_batch.evaluate import evaluate_checkpoint
+
+    table: dict[str, dict[str, list[float]]] = {}
+    for ckpt in sorted(p for w in works for p in (w / "runs").glob("*/model")):
+        arch = ckpt.parent.name.rsplit("-s", 1)[0]
+        res = evaluate_checkpoint(ckpt, chips, protocols=("emm",), conventions=("dropped",)).find("emm", "dropped")
+        for subset, v in res.scores.items():
+            table.setdefault(arch, {}).setdefault("+".join(subset), []).append(v)
+    subsets = sorted({k for r in table.values() for k in r}, key=lambda k: (-k.count("+"), k))
+    print("| run | " + " | ".join(subsets) + " | seeds |\n|---|" + "---|" * (len(subsets) + 1))
+    for arch, r in table.items():
+        cells = [f"{np.mean(r[k]):.1f} ± {np.std(r[k]):.1f}" if k in r else "" for k in subsets]
+        print(f"| {arch} | " + " | ".join(cells) + f" | {len(next(iter(r.values())))} |")
 
 
 def print_table(results: dict[str, dict[str, list[float]]]) -> None:
