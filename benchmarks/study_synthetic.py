@@ -145,6 +145,24 @@ def print_table(results: dict[str, dict[str, list[float]]]) -> None:
         cells = [f"{np.mean(r[k]):.2f} ± {np.std(r[k]):.2f}" for k in
                  ("dropped:average", "dropped:last1", "zero-filled:average", "zero-filled:last1")]
         print(f"| {row} | " + " | ".join(cells) + f" | {len(r['dropped:average'])} |")
+    base = results.get("mean fusion (neither)")
+    if base is None:
+        return
+    from scipy.stats import ttest_ind
+
+    # "above by more than the seed spread": the mean difference exceeds the larger of the two stds
+    print("\n| model vs mean fusion (dropped) | Δ Average | > spread | Welch p | Δ Last-1 | > spread | Welch p |")
+    print("|---|---|---|---|---|---|---|")
+    for row, r in results.items():
+        if r is base or len(r["dropped:average"]) < 2:
+            continue
+        cells = []
+        for k in ("dropped:average", "dropped:last1"):
+            d = float(np.mean(r[k]) - np.mean(base[k]))
+            spread = max(float(np.std(r[k])), float(np.std(base[k])))
+            p = float(ttest_ind(r[k], base[k], equal_var=False).pvalue)
+            cells += [f"{d:+.2f}", "yes" if d > spread else "no", f"{p:.3f}"]
+        print(f"| {row} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
