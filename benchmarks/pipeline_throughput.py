@@ -144,9 +144,10 @@ def aoi_bbox(info, side_km: float) -> tuple[str, float]:
     return f"{lon0:.6f},{lat0:.6f},{lon1:.6f},{lat1:.6f}", side_km * side_km
 
 
-def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int) -> dict:
+def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int,
+               threads_list: tuple[int, ...] = (1, 2)) -> dict:
     """Read every tile first (untimed), warm up on one tile, then time only the pipeline's per-tile
-    inference (``TileRunner.infer``: windows, forward, blending) with 1 and with 2 torch threads."""
+    inference (``TileRunner.infer``: windows, forward, blending) with each torch thread count."""
     import torch
 
     from sgma_batch.execute import InferenceConfig, TileRunner, read_tile
@@ -166,7 +167,7 @@ def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_
              for t in tiles)
     runner.infer(tiles[0])  # warm-up (lazy init), untimed
     res: dict = {"tiles": len(tiles), "km2": round(px * 1e-4, 3), "read_all_s": round(read_s, 3)}
-    for threads in (1, 2):
+    for threads in threads_list:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
         for tile in tiles:
@@ -215,7 +216,8 @@ def main() -> None:
     if a._inner:  # a measurement run in its own process
         kind, *rest = a._inner
         if kind == "model-only":
-            print(json.dumps(model_only(*rest[:4], int(rest[4]), int(rest[5]))))
+            threads = tuple(int(t) for t in rest[6].split(",")) if len(rest) > 6 else (1, 2)
+            print(json.dumps(model_only(*rest[:4], int(rest[4]), int(rest[5]), threads)))
         elif kind == "ray-startup":
             print(json.dumps(ray_startup()))
         return

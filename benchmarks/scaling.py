@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--halo-px", type=int, default=32)
     ap.add_argument("--executors", nargs="+", default=["ray-cold", "ray-warm", "sequential"],
                     choices=["ray-cold", "ray-warm", "sequential"])
+    ap.add_argument("--model-only", action="store_true",
+                    help="also time the pipeline's inference alone (1 torch thread) on the 16x AOI's tiles")
     ap.add_argument("--max-load", type=float, default=None,
                     help="before each measurement wait (<= 15 min, then <= 2 min) until the 1-minute load is below")
     ap.add_argument("--out", default=str(RESULTS))
@@ -125,7 +127,7 @@ def main() -> None:
     from sgma_batch.synthetic import generate_archive
 
     size_km = 4 * a.base_km + 1
-    address = None
+    address, model_only = None, None
     try:
         t0 = time.perf_counter()
         info = generate_archive(tmp / "archive", seed=0, size_km=(size_km, size_km), dates=a.dates)
@@ -160,6 +162,11 @@ def main() -> None:
             if ex == "ray-warm":
                 stop_head()
                 address = None
+        if a.model_only:
+            aoi, _ = pt.aoi_bbox(info, a.base_km * 4)
+            mo = pt.measure([sys.executable, "benchmarks/pipeline_throughput.py", "--_inner", "model-only", cat, aoi,
+                             start, end, str(a.tile_px), str(a.halo_px), "1"])
+            model_only = {**mo["result"], "load_start": mo["load_start"][0], "load_end": mo["load_end"][0]}
     finally:
         if address:
             stop_head()
@@ -187,13 +194,24 @@ def main() -> None:
         print(f"| {ex} | {ln['fixed_s']:.1f} | {ln['marginal_s_per_km2']:.4f} | {ln['max_rel_residual']:.1%} | "
               f"{s['spread_s_per_km2_wall']:.0%} | {s['spread_s_per_km2_steady'] or float('nan'):.0%} | "
               f"{s['spread_peak_rss']:.0%} |")
+    if model_only:
+        # end-to-end throughput (tile-core km2 over CLI wall time) over model-only throughput, same tiles
+        mo_km2_h = model_only["threads1_km2_per_h"]
+        print(f"\nmodel-only (1 thread) on the 16x tiles: {model_only['threads1_s']:.1f} s, {mo_km2_h:,.0f} km²/h")
+        print("| executor (16x) | e2e km²/h (wall) | e2e / model-only (wall) | steady / model-only |\n|---|---|---|---|")
+        for r in (r for r in rows if r["area_x"] == 16):
+            e2e = model_only["km2"] / r["wall_s"] * 3600
+            steady = (r["steady_km2_per_h"] or 0) / mo_km2_h
+            summary[r["executor"]]["e2e_over_model_only"] = {"wall": round(e2e / mo_km2_h, 3),
+                                                             "steady": round(steady, 3)}
+            print(f"| {r['executor']} | {e2e:,.0f} | {e2e / mo_km2_h:.2f} | {steady:.2f} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "gpu": None, "python": platform.python_version(),
                     "platform": platform.platform()},
         "params": vars(a), "archive": {"size_km": size_km, "dates": a.dates, "generate_s": round(gen_s, 1)},
-        "rows": rows, "summary": summary}, indent=2, default=str) + "\n")
+        "rows": rows, "model_only_16x": model_only, "summary": summary}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
 
 
