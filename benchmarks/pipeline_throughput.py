@@ -53,8 +53,8 @@ def wait_quiet(max_load: float | None, limit_s: float = 900) -> dict:
     return {"waited_s": round(time.time() - t0, 1), "quiet": max_load is None or loadavg()[0] < max_load}
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants (KiB), from /proc."""
+def _tree_rss_kib(*pids: int) -> int:
+    """Resident memory of ``pids`` and all their descendants (KiB), each process counted once, from /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -62,9 +62,12 @@ def _tree_rss_kib(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
+    total, todo, seen = 0, list(pids), set()
     while todo:
         p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
         todo.extend(children.get(p, []))
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():

@@ -58,10 +58,11 @@ def measure_with_cluster(cmd: list[str], marker: str) -> dict:
     """:func:`pipeline_throughput.measure`, with the warm cluster's processes added to the memory peak."""
     peak = [0]
     done = threading.Event()
+    roots = _cluster_pids(marker)  # raylet, GCS, agents: workers start later as their descendants
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], sum(pt._tree_rss_kib(p) for p in _cluster_pids(marker)))
+            peak[0] = max(peak[0], pt._tree_rss_kib(*roots))  # one /proc scan; nested processes counted once
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
