@@ -147,13 +147,9 @@ def aoi_bbox(info, side_km: float) -> tuple[str, float]:
     return f"{lon0:.6f},{lat0:.6f},{lon1:.6f},{lat1:.6f}", side_km * side_km
 
 
-def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int,
-               threads_list: tuple[int, ...] = (1, 2)) -> dict:
-    """Read every tile first (untimed), warm up on one tile, then time only the pipeline's per-tile
-    inference (``TileRunner.infer``: windows, forward, blending) with each torch thread count."""
-    import torch
-
-    from sgma_batch.execute import InferenceConfig, TileRunner, read_tile
+def _model_only_setup(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int):
+    """The run's tile plan and a :class:`TileRunner` for it (model loaded), as ``run`` would build them."""
+    from sgma_batch.execute import InferenceConfig, TileRunner
     from sgma_batch.run import RunSpec, _prepare, aoi_in_grid_crs
 
     spec = RunSpec(aoi=aoi, out="unused.zarr", start=start, end=end, catalog=catalog, tile_px=tile_px,
@@ -162,14 +158,29 @@ def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_
     cfg = InferenceConfig(checkpoint=prep.model_path, store="unused.zarr", layout=prep.layout,
                           aoi_wkt=aoi_in_grid_crs(prep.aoi.geometry, prep.geobox).wkt, window_px=spec.window_px,
                           overlap_px=spec.overlap_px)
-    runner = TileRunner(cfg)
+    return prep.tasks, TileRunner(cfg), cfg
+
+
+def _km2(tiles) -> float:
+    return sum((t.task.region[0].stop - t.task.region[0].start) * (t.task.region[1].stop - t.task.region[1].start)
+               for t in tiles) * 1e-4
+
+
+def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int,
+               threads_list: tuple[int, ...] = (1, 2)) -> dict:
+    """Read every tile first (untimed), warm up on one tile, then time only the pipeline's per-tile
+    inference (``TileRunner.infer``: windows, forward, blending) with each torch thread count."""
+    import torch
+
+    from sgma_batch.execute import read_tile
+
+    tasks, runner, cfg = _model_only_setup(catalog, aoi, start, end, tile_px, halo_px)
     t0 = time.perf_counter()
-    tiles = [read_tile(t, runner.card, cfg) for t in prep.tasks]
+    tiles = [read_tile(t, runner.card, cfg) for t in tasks]
     read_s = time.perf_counter() - t0
-    px = sum((t.task.region[0].stop - t.task.region[0].start) * (t.task.region[1].stop - t.task.region[1].start)
-             for t in tiles)
+    km2 = _km2(tiles)
     runner.infer(tiles[0])  # warm-up (lazy init), untimed
-    res: dict = {"tiles": len(tiles), "km2": round(px * 1e-4, 3), "read_all_s": round(read_s, 3)}
+    res: dict = {"tiles": len(tiles), "km2": round(km2, 3), "read_all_s": round(read_s, 3)}
     for threads in threads_list:
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
@@ -177,8 +188,43 @@ def model_only(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_
             runner.infer(tile)
         s = time.perf_counter() - t0
         res[f"threads{threads}_s"] = round(s, 3)
-        res[f"threads{threads}_km2_per_h"] = round(px * 1e-4 / s * 3600, 1)
+        res[f"threads{threads}_km2_per_h"] = round(km2 / s * 3600, 1)
     return res
+
+
+def _model_only_share(args: tuple, index: int, procs: int, barrier) -> tuple[float, float, float]:
+    """One of ``procs`` processes: every procs-th tile, read and warmed up untimed, then inferred after the
+    barrier with 1 torch thread; returns (start, end, km2) of its timed part (wall clock)."""
+    import torch
+
+    from sgma_batch.execute import read_tile
+
+    torch.set_num_threads(1)
+    tasks, runner, cfg = _model_only_setup(*args)
+    tiles = [read_tile(t, runner.card, cfg) for t in tasks[index::procs]]
+    runner.infer(tiles[0])
+    barrier.wait()
+    t0 = time.time()
+    for tile in tiles:
+        runner.infer(tile)
+    return t0, time.time(), _km2(tiles)
+
+
+def model_only_procs(catalog: str, aoi: str, start: str, end: str, tile_px: int, halo_px: int,
+                     procs: int = 2) -> dict:
+    """Model-only on every core: ``procs`` processes of 1 torch thread share the tiles and start together
+    (a barrier after their untimed reads); throughput = all tiles' km2 over first start to last end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(procs) as pool:
+        barrier = manager.Barrier(procs)
+        args = (catalog, aoi, start, end, tile_px, halo_px)
+        parts = pool.starmap(_model_only_share, [(args, i, procs, barrier) for i in range(procs)])
+    s = max(e for _, e, _ in parts) - min(t for t, _, _ in parts)
+    km2 = sum(k for _, _, k in parts)
+    return {"procs": procs, "km2": round(km2, 3), f"procs{procs}_s": round(s, 3),
+            f"procs{procs}_km2_per_h": round(km2 / s * 3600, 1)}
 
 
 def ray_startup() -> dict:
@@ -221,6 +267,8 @@ def main() -> None:
         if kind == "model-only":
             threads = tuple(int(t) for t in rest[6].split(",")) if len(rest) > 6 else (1, 2)
             print(json.dumps(model_only(*rest[:4], int(rest[4]), int(rest[5]), threads)))
+        elif kind == "model-only-procs":
+            print(json.dumps(model_only_procs(*rest[:4], int(rest[4]), int(rest[5]), int(rest[6]))))
         elif kind == "ray-startup":
             print(json.dumps(ray_startup()))
         return

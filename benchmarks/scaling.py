@@ -168,6 +168,11 @@ def main() -> None:
             mo = pt.measure([sys.executable, "benchmarks/pipeline_throughput.py", "--_inner", "model-only", cat, aoi,
                              start, end, str(a.tile_px), str(a.halo_px), "1"])
             model_only = {**mo["result"], "load_start": mo["load_start"][0], "load_end": mo["load_end"][0]}
+            procs = os.cpu_count() or 1
+            if procs > 1:  # the model alone on every core: one 1-thread process per CPU
+                mp_ = pt.measure([sys.executable, "benchmarks/pipeline_throughput.py", "--_inner", "model-only-procs",
+                                  cat, aoi, start, end, str(a.tile_px), str(a.halo_px), str(procs)])
+                model_only.update({k: v for k, v in mp_["result"].items() if k.startswith("procs")})
     finally:
         if address:
             stop_head()
@@ -196,16 +201,25 @@ def main() -> None:
               f"{s['spread_s_per_km2_wall']:.0%} | {s['spread_s_per_km2_steady'] or float('nan'):.0%} | "
               f"{s['spread_peak_rss']:.0%} |")
     if model_only:
-        # end-to-end throughput (tile-core km2 over CLI wall time) over model-only throughput, same tiles
-        mo_km2_h = model_only["threads1_km2_per_h"]
-        print(f"\nmodel-only (1 thread) on the 16x tiles: {model_only['threads1_s']:.1f} s, {mo_km2_h:,.0f} km²/h")
-        print("| executor (16x) | e2e km²/h (wall) | e2e / model-only (wall) | steady / model-only |\n|---|---|---|---|")
+        # end-to-end throughput (tile-core km2 over CLI wall time) over model-only throughput, same tiles,
+        # against the model alone in one 1-thread process and on every core (one process per CPU)
+        refs = {"1 process": model_only["threads1_km2_per_h"]}
+        print(f"\nmodel-only on the 16x tiles, 1 process of 1 thread: {model_only['threads1_s']:.1f} s, "
+              f"{refs['1 process']:,.0f} km²/h")
+        procs = model_only.get("procs")
+        if procs:
+            refs[f"{procs} processes"] = model_only[f"procs{procs}_km2_per_h"]
+            print(f"model-only, {procs} processes of 1 thread: {model_only[f'procs{procs}_s']:.1f} s, "
+                  f"{refs[f'{procs} processes']:,.0f} km²/h")
+        print("| executor (16x) | e2e km²/h (wall) | reference | e2e / model-only (wall) | steady / model-only |\n"
+              "|---|---|---|---|---|")
         for r in (r for r in rows if r["area_x"] == 16):
             e2e = model_only["km2"] / r["wall_s"] * 3600
-            steady = (r["steady_km2_per_h"] or 0) / mo_km2_h
-            summary[r["executor"]]["e2e_over_model_only"] = {"wall": round(e2e / mo_km2_h, 3),
-                                                             "steady": round(steady, 3)}
-            print(f"| {r['executor']} | {e2e:,.0f} | {e2e / mo_km2_h:.2f} | {steady:.2f} |")
+            ratios = summary[r["executor"]]["e2e_over_model_only"] = {}
+            for ref, km2_h in refs.items():
+                steady = (r["steady_km2_per_h"] or 0) / km2_h
+                ratios[ref] = {"wall": round(e2e / km2_h, 3), "steady": round(steady, 3)}
+                print(f"| {r['executor']} | {e2e:,.0f} | {ref} | {e2e / km2_h:.2f} | {steady:.2f} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

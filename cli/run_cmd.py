@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         ),
         out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
         address: str | None = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
-        max_actors: int | None = typer.Option(None, "--max-actors", help="Inference actors (default: one per GPU or spare CPU)."),
+        max_actors: int | None = typer.Option(None, "--max-actors", help="Inference actors (default: one per GPU, else one per CPU)."),
         gpus_per_actor: float | None = typer.Option(
             None, "--gpus-per-actor", help="GPUs per inference actor (default: 1 when the cluster has GPUs, else 0)."
         ),

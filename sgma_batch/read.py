@@ -13,6 +13,11 @@ Transient read errors are retried with exponential backoff; a scene that still f
 reported; when every scene of a modality fails, :class:`AssetReadError` says so and the caller
 records the modality as absent for that tile.
 
+Open datasets are kept per thread (:func:`open_dataset`, a small LRU with a time limit) and GDAL's block
+cache is sized once per process instead of per read: a tile's halo overlaps its neighbours' and shares
+their COG blocks, so the next tile of a scene decodes (or, remote, fetches) only the blocks it has not
+seen. Setting ``GDAL_CACHEMAX`` in a per-read ``rasterio.Env`` would flush that cache at every exit.
+
 Hrefs are signed at read time (:func:`sgma_batch.stac_io.resolve_href`, Planetary Computer style
 tokens), once per attempt so that a retry after an expired token gets a fresh one. A signed href is
 never stored: error messages and logs carry the unsigned href.
@@ -22,7 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +45,8 @@ from sgma_batch.stac_io import resolve_href
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModalityRead", "gdal_env_options", "read_modality", "read_modality_report"]
+__all__ = ["ModalityRead", "clear_dataset_cache", "gdal_env_options", "open_dataset", "read_modality",
+           "read_modality_report"]
 
 # GDAL settings for cloud-optimised GeoTIFFs over HTTP/S3: no directory listings, a block cache,
 # merged range requests, GDAL-level retries for 429/5xx underneath our own backoff, and timeouts so a
@@ -53,8 +62,15 @@ _GDAL_OPTIONS: dict[str, Any] = {
     "GDAL_HTTP_CONNECTTIMEOUT": "10",
     "GDAL_HTTP_TIMEOUT": "60",
     "VSI_CACHE": "TRUE",
-    "GDAL_CACHEMAX": 256,
 }
+
+#: GDAL block cache per process, in MB (set once, before the first read; ``GDAL_CACHEMAX`` in the
+#: environment wins). Bounded so that many read workers on one node do not each take 5 % of its RAM.
+BLOCK_CACHE_MB = 256
+#: Open datasets kept per thread, and how long one is reused before it is reopened (remote assets may
+#: change under a long-lived worker; local files are keyed by their inode, size and mtime as well).
+DATASET_CACHE_SIZE = 64
+DATASET_TTL_S = 600.0
 
 
 def gdal_env_options(**overrides: Any) -> dict[str, Any]:
@@ -78,6 +94,77 @@ class ModalityRead:
     valid: np.ndarray  # (H, W) bool
     scenes_used: tuple[str, ...] = ()
     errors: Mapping[str, str] = field(default_factory=dict)
+
+
+_block_cache_lock = threading.Lock()
+_block_cache_set = False
+_datasets = threading.local()
+
+
+def _configure_block_cache() -> None:
+    """Size GDAL's block cache once per process (a later change would flush it)."""
+    global _block_cache_set
+    with _block_cache_lock:
+        if _block_cache_set:
+            return
+        if "GDAL_CACHEMAX" not in os.environ:
+            from rasterio.env import set_gdal_config
+
+            set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_MB << 20)  # rasterio: an int, in bytes
+        _block_cache_set = True
+
+
+def _cache() -> OrderedDict:
+    if not hasattr(_datasets, "lru"):
+        _datasets.lru = OrderedDict()
+    return _datasets.lru
+
+
+def open_dataset(path: str) -> Any:
+    """An open rasterio dataset for a GDAL path, reused from this thread's cache when still fresh.
+
+    The caller must not close it; :func:`evict_dataset` drops one that failed, :func:`clear_dataset_cache`
+    all of this thread's.
+    """
+    import rasterio
+
+    key: tuple[Any, ...] = (path,)
+    if not path.startswith("/vsi"):
+        st = os.stat(path)  # a replaced or rewritten local file is a new key
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    lru = _cache()
+    hit = lru.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < DATASET_TTL_S:
+        lru.move_to_end(key)
+        return hit[0]
+    evict_dataset(path)  # expired, or a local file that changed since: its old handles go
+    src = rasterio.open(path)
+    lru[key] = (src, now)
+    while len(lru) > DATASET_CACHE_SIZE:
+        _close(lru.popitem(last=False)[1][0])
+    return src
+
+
+def evict_dataset(path: str) -> None:
+    """Close and forget every cached dataset of ``path`` (after a failed read: the retry reopens it)."""
+    lru = _cache()
+    for key in [k for k in lru if k[0] == path]:
+        _close(lru.pop(key)[0])
+
+
+def clear_dataset_cache() -> None:
+    """Close this thread's cached datasets."""
+    lru = _cache()
+    while lru:
+        _close(lru.popitem()[1][0])
+
+
+def _close(src: Any) -> None:
+    try:
+        src.close()
+    except Exception:  # noqa: BLE001 - closing a dataset whose connection already failed
+        pass
 
 
 def _gdal_path(href: str) -> str:
@@ -105,15 +192,16 @@ def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str 
 
     ``href`` is what to open (the signed href) when it differs from ``asset.href``.
     """
-    import rasterio
-
     href = href or asset.href
     path = _gdal_path(href)
     if not path.startswith("/vsi") and not Path(path).exists():
         raise FileNotFoundError(f"asset {asset.href} does not exist")  # local: not transient, no retry
     try:
-        with rasterio.open(path) as src:
-            return _read_open(src, asset, geobox, categorical=categorical)
+        try:
+            return _read_open(open_dataset(path), asset, geobox, categorical=categorical)
+        except Exception:
+            evict_dataset(path)  # a handle that failed once is not reused: the retry opens afresh
+            raise
     except OSError as exc:  # RasterioIOError is an OSError: keep any token out of messages and logs
         if href == asset.href:
             raise
@@ -202,6 +290,7 @@ def read_modality_report(
     """
     import rasterio
 
+    _configure_block_cache()
     h, w = geobox.shape.yx
     data = np.zeros((len(profile.bands), h, w), np.float32)  # (C, H, W)
     valid = np.zeros((h, w), bool)

@@ -206,13 +206,15 @@ def _check_compatible(path: Path, attrs: Mapping[str, Any], layout: StoreLayout)
 
 
 def _quiet_zarr(fn: Any) -> Any:
-    """Silence zarr's notes on our manifest/ folder and on v3 consolidated metadata (both on purpose)."""
+    """Silence zarr's notes on our manifest/ folder and on v3 consolidated metadata, and xarray's on a scaled
+    uint8 without a fill value (``robustness``: 0 is a weight, not a gap). All three are on purpose."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not", category=UserWarning)
+            warnings.filterwarnings("ignore", message="saving variable .* as an integer dtype without any _FillValue")
             return fn(*args, **kwargs)
 
     return wrapper
@@ -371,6 +373,7 @@ def _overview_levels(layout: StoreLayout) -> list[int]:
 _OVERVIEW_FILL = {"class": CLASS_NODATA, "confidence": 0, "modality_mask": 0, "robustness": 0}
 
 
+@_quiet_zarr
 def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
     """Nearest-neighbour (centre pixel) overviews of the map variables under overviews/<f>.
 

@@ -84,9 +84,13 @@ def test_pool_keeps_reads_separate_bounded_and_unstarved(cpus, gpus, threads, ma
     assert (p.read_cpus, 0) != (p.actor_cpus, p.actor_gpus) and p.read_cpus < p.actor_cpus
     # actors never take every CPU (ray #44687): at least one read fits beside the pool
     assert p.actors * p.actor_cpus + p.read_cpus <= max(cpus, 1)
-    assert 1 <= p.read_tasks <= 2 * min(p.actors, cpus)  # bounded prefetch
+    assert 2 * min(p.actors, cpus) <= p.read_tasks <= 2 * cpus  # prefetch for every actor, bounded
     assert p.actor_gpus == (1.0 if gpus else 0.0)
     assert p.actors <= (gpus or max_actors or cpus) and (max_actors is None or p.actors <= max_actors)
+    if not gpus and max_actors is None:  # CPU inference on every core, a quarter of the CPUs left to reads
+        assert p.actors == max(cpus // threads, 1) and p.actors * p.actor_cpus == pytest.approx(0.75 * cpus)
+    if gpus:  # the CPUs the GPU actors leave all go to reads (two per CPU), not just two per actor
+        assert p.read_tasks * p.read_cpus == pytest.approx(cpus - p.actors * p.actor_cpus)
 
 
 def test_pool_is_capped_by_tasks_and_refuses_missing_gpus():

@@ -145,6 +145,43 @@ def test_gdal_environment_wins_over_the_default_options(monkeypatch):
     assert gdal_env_options(GDAL_HTTP_TIMEOUT="5")["GDAL_HTTP_TIMEOUT"] == "5"
 
 
+def test_open_datasets_are_reused_until_the_file_changes_or_a_read_fails(tmp_path, dem):
+    from sgma_batch import read as rd
+
+    data, path = dem
+    rd.clear_dataset_cache()
+    gbox = GeoBox((32, 32), from_origin(X0, Y0, RES, RES), "EPSG:32633")
+    profile = get_profile("dem-glo30")
+    read_modality([dem_scene("d", path)], gbox, profile)
+    first = rd.open_dataset(str(path))
+    read_modality([dem_scene("d", path)], gbox, profile)
+    assert rd.open_dataset(str(path)) is first and not first.closed  # one open per thread, not per read
+
+    write_cog(path, data + 1, nodata=-9999.0)  # rewritten in place: a new file, never the stale handle
+    out, _ = read_modality([dem_scene("d", path)], gbox, profile)
+    np.testing.assert_array_equal(out[0], data[:32, :32] + 1)
+    assert first.closed and rd.open_dataset(str(path)) is not first  # the stale handle is closed
+
+    rd.evict_dataset(str(path))  # what a failed read does: the retry opens afresh
+    assert not any(k[0] == str(path) for k in rd._cache())
+    rd.clear_dataset_cache()
+    assert not rd._cache()
+
+
+def test_block_cache_is_sized_once_not_per_read(dem):
+    """GDAL_CACHEMAX in a per-read rasterio.Env flushed GDAL's block cache at every exit (and rasterio read
+    the int as bytes); now it is set once per process, in bytes, and no read changes it."""
+    from rasterio.env import get_gdal_config
+
+    from sgma_batch import read as rd
+
+    assert "GDAL_CACHEMAX" not in rd.gdal_env_options()
+    _, path = dem
+    gbox = GeoBox((32, 32), from_origin(X0, Y0, RES, RES), "EPSG:32633")
+    read_modality([dem_scene("d", path)], gbox, get_profile("dem-glo30"))
+    assert int(get_gdal_config("GDAL_CACHEMAX")) == rd.BLOCK_CACHE_MB << 20
+
+
 def test_run_honours_max_area_km2(tmp_path, capsys):
     from cli.app import main
 
