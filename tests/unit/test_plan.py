@@ -84,7 +84,7 @@ def test_pool_keeps_reads_separate_bounded_and_unstarved(cpus, gpus, threads, ma
     assert (p.read_cpus, 0) != (p.actor_cpus, p.actor_gpus) and p.read_cpus < p.actor_cpus
     # actors never take every CPU (ray #44687): at least one read fits beside the pool
     assert p.actors * p.actor_cpus + p.read_cpus <= max(cpus, 1)
-    assert 2 * min(p.actors, cpus) <= p.read_tasks <= 2 * cpus  # prefetch for every actor, bounded
+    assert min(p.actors, cpus) <= p.read_tasks <= 2 * cpus  # a read in flight for every actor, bounded
     assert p.actor_gpus == (1.0 if gpus else 0.0)
     assert p.actors <= (gpus or max_actors or cpus) and (max_actors is None or p.actors <= max_actors)
     if not gpus and max_actors is None:  # CPU inference on every core, a quarter of the CPUs left to reads
