@@ -45,8 +45,8 @@ from sgma_batch.stac_io import resolve_href
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModalityRead", "clear_dataset_cache", "gdal_env_options", "open_dataset", "read_modality",
-           "read_modality_report"]
+__all__ = ["ModalityRead", "clear_dataset_cache", "evict_dataset", "gdal_env_options", "open_dataset",
+           "read_modality", "read_modality_report"]
 
 # GDAL settings for cloud-optimised GeoTIFFs over HTTP/S3: no directory listings, merged range requests,
 # GDAL-level retries for 429/5xx underneath our own backoff, and timeouts so a stalled server fails the
