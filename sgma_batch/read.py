@@ -25,6 +25,7 @@ never stored: error messages and logs carry the unsigned href.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -163,10 +164,8 @@ def clear_dataset_cache() -> None:
 
 
 def _close(src: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # closing a dataset whose connection already failed
         src.close()
-    except Exception:  # noqa: BLE001 - closing a dataset whose connection already failed
-        pass
 
 
 def _gdal_path(href: str) -> str:
