@@ -2,16 +2,17 @@
 
 Two executors share every per-tile function, so they produce bitwise-identical stores:
 
-* :func:`execute_ray` (the default): a Ray Data pipeline of two streaming operators. Reads are
-  stateless ``map`` tasks in a bounded task pool; inference is ``map_batches`` with a callable class on
-  an ``ActorPoolStrategy`` (the model is loaded in ``__init__``); ``num_gpus`` per actor only when the
-  cluster has GPUs, CPU actors otherwise, and a GPU request on a cluster without GPUs fails at once
-  (it would wait forever). :func:`plan_pool` sizes the two stages: CPU actors one per CPU (so inference
-  uses every core; the OS shares the cores with the reads), GPU actors one per GPU; reads one per actor
-  or two per CPU the actors leave, always asking for less CPU than an actor, so Ray Data never fuses the read
-  into the actor (which would make each actor read, then infer, serially; ray #54433), and with CPUs kept
-  out of the actor pool for them (ray #44687). Reads thus run ahead of inference, a bounded number at a
-  time, and Ray Data's backpressure bounds the blocks in flight.
+* :func:`execute_ray` (the default): two pools of Ray actors fed by the driver. Readers
+  (:class:`_ReadActor`) are long-lived, so each keeps its open datasets and GDAL block cache from tile to
+  tile; inference actors (:class:`_TileActor`) load the model once. A finished read's arrays go through
+  the object store to the least-loaded inference actor without a copy, and the driver bounds the tiles
+  read ahead, so memory stays O(tile). :func:`plan_pool` sizes the pools: CPU actors one per CPU (so
+  inference uses every core; the OS shares the cores with the readers), GPU actors one per GPU; readers
+  one per inference actor or two per CPU the actors leave, each asking for less CPU than an actor, with
+  CPUs kept out of the actor pool for them (ray #44687). A dead process is restarted by Ray and the calls
+  queued on it rerun. This replaced a Ray Data pipeline (``map`` reads into ``map_batches`` on an actor
+  pool), which cost 20 % more CPU on 2 cores: Arrow blocks of pickled tiles, helper actors, and read
+  tasks landing on fresh workers with cold caches (docs/performance.md, run 6).
 * :func:`execute_sequential`: the same functions in-process, for tiny jobs and tests.
 
 Writing stays in the inference actor, on purpose: a tile's write is one chunk per variable (uint8),
@@ -288,37 +289,62 @@ def execute_sequential(
 
 
 # -- Ray -------------------------------------------------------------------------------------------------
-def _read_row(row: dict[str, Any], cfg: InferenceConfig, norm: Normalisation) -> dict[str, Any]:
-    from ray import cloudpickle
+class _ReadActor:
+    """A reader: a long-lived process, so its open datasets and GDAL block cache serve tile after tile
+    (a task per read would land on whichever worker is idle, each with cold caches and its own imports)."""
 
-    task = cloudpickle.loads(row["task"])
-    return {"tile": cloudpickle.dumps(read_tile(task, norm, cfg))}
+    def __init__(self, cfg: InferenceConfig, norm: Normalisation) -> None:
+        self.cfg, self.norm = cfg, norm
+
+    def ready(self) -> bool:
+        return True
+
+    def read(self, task: TileTask) -> TileInputs:
+        return read_tile(task, self.norm, self.cfg)
 
 
-class _RayPredictor:
-    """Ray Data callable class: the model is loaded once per actor in ``__init__``."""
+class _TileActor:
+    """An inference actor: the model is loaded once, in ``__init__``; each call runs one tile."""
 
-    def __init__(self, cfg: InferenceConfig, order_seed: int | None = None) -> None:
+    def __init__(self, cfg: InferenceConfig) -> None:
         import torch
 
         torch.set_num_threads(cfg.threads)
         self.runner = TileRunner(cfg)
-        self.order_seed = order_seed
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import json
+    def ready(self) -> bool:
+        return True
 
-        from ray import cloudpickle
+    def run(self, tile: TileInputs) -> dict[str, Any]:
+        return self.runner.run(tile)
 
-        tiles = [cloudpickle.loads(b) for b in batch["tile"]]
-        by_id = {t.task.tile_id: t for t in tiles}
-        order = order_by_signature([t.task for t in tiles], self.order_seed)
-        records = [self.runner.run(by_id[t.tile_id]) for t in order]
-        return {"record": np.array([json.dumps(r, default=str) for r in records], dtype=object)}
+
+class _Pool:
+    """Actors and the calls queued on each: a call goes to the least-loaded actor, at most ``depth`` each."""
+
+    def __init__(self, actors: list[Any], method: str, depth: int) -> None:
+        self.actors, self.method, self.depth = actors, method, depth
+        self.queued = [0] * len(actors)
+        self.calls: dict[Any, tuple[int, Any]] = {}  # call ref -> (actor index, argument held until done)
+
+    def has_room(self) -> bool:
+        return min(self.queued) < self.depth
+
+    def submit(self, arg: Any) -> None:
+        i = self.queued.index(min(self.queued))
+        self.calls[getattr(self.actors[i], self.method).remote(arg)] = (i, arg)
+        self.queued[i] += 1
+
+    def finish(self, ref: Any) -> None:
+        i, _ = self.calls.pop(ref)  # dropping the argument (a read's ref) frees the tile's inputs
+        self.queued[i] -= 1
 
 
 #: Fraction of the logical CPUs that CPU inference actors take; the rest is admission for the read tasks.
 ACTOR_CPU_SHARE = 0.75
+
+#: Restarts of a reader or inference actor whose process died; its queued tiles are run again each time.
+ACTOR_RESTARTS = 3
 
 #: Seconds the inference actors may take to start (placement and model load) before the run fails.
 ACTOR_START_TIMEOUT_S = 300
@@ -326,11 +352,10 @@ ACTOR_START_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """Resources of the two Ray Data stages, decided once from the cluster's resources.
+    """Resources of the two actor pools, decided once from the cluster's resources.
 
-    Read tasks and inference actors ask for different resources, so Ray Data keeps them as two
-    operators (it fuses a task map into the next actor map when their remote args match, which would
-    make each actor read then infer serially; ray #54433); ``read_tasks`` bounds the reads in flight.
+    ``read_tasks`` is the number of reader actors, each with ``read_cpus``; reads are what the inference
+    actors wait on, so they never share an actor with inference (which would read, then infer, serially).
     """
 
     actors: int
@@ -381,10 +406,9 @@ def plan_pool(
         actor_cpus = min(float(threads), ACTOR_CPU_SHARE * cpus / actors)
     actors = max(min(actors, n_tasks), 1)
     free = cpus - actors * actor_cpus
-    # Reads in flight: one per actor or two per CPU the actors leave, whichever is more (GPU actors infer
-    # fast and need many reads; a CPU read of a 256 px tile is ~1/6 of its inference, and on 2 CPUs two
-    # reads in flight beat four: 49 tiles in 27.7 s vs 30.7 s), each asking for less CPU than an actor so
-    # that Ray Data never fuses them into the actor stage (ray #54433).
+    # Readers: one per actor or two per CPU the actors leave, whichever is more (GPU actors infer fast and
+    # need many reads; a CPU read of a 256 px tile is ~1/8 of its inference, and on 2 CPUs two reads in
+    # flight beat four: 49 tiles in 27.7 s vs 30.7 s), sharing the CPUs the actors leave.
     read_tasks = max(1, min(max(actors, int(2 * free)), int(2 * cpus), n_tasks))
     read_cpus = min(0.5, actor_cpus / 2, free / read_tasks)
     return PoolPlan(actors, actor_cpus, gpus_per_actor, read_cpus, read_tasks)
@@ -402,14 +426,15 @@ def execute_ray(
 ) -> list[dict[str, Any]]:
     """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
 
-    Two Ray Data operators stream into each other: read tasks (``map``, a bounded task pool) and the
-    inference actor pool (``map_batches``); the executed operators and their stats are logged at INFO.
-    ``order_seed`` shuffles the task order (and the order inside each batch) for determinism tests.
+    Reads are Ray tasks, at most ``pool.read_tasks`` in flight; a finished read goes to the actor with
+    the fewest tiles queued, each actor holding at most ``batch_size`` (one running, the rest waiting, so
+    an actor never idles between tiles). The read's arrays travel through the object store to the actor
+    without a copy; only the tile's small record comes back. Lost processes are Ray's to recover: a read
+    task whose worker dies is retried (``max_retries``), and an actor that dies is restarted (the model
+    reloaded) and its queued tiles are run again (``max_restarts``, ``max_task_retries``); rewriting a
+    tile writes the same bytes. ``order_seed`` shuffles the task order for determinism tests.
     """
-    import json
-
     import ray
-    from ray import cloudpickle
 
     if not tasks:
         return []
@@ -417,37 +442,55 @@ def execute_ray(
     pool = plan_pool(resources.get("CPU", 1), resources.get("GPU", 0), len(tasks), threads=cfg.threads,
                      max_actors=max_actors, gpus_per_actor=gpus_per_actor)
     log.info("ray pool: %s", pool)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.verbose_progress = False
-    # Several GPU actors: start the whole pool (models on their GPUs) before tiles flow, so a pool the
-    # cluster cannot place fails with a timeout instead of waiting for ever. CPU actors (sized from this
-    # cluster's own CPUs) and a single actor: no wait, so the reads run while the models load and each actor
-    # takes tiles as soon as it is up (2 CPUs, 49 tiles, 2 actors: steady 0.25-0.26 s per tile without the
-    # wait, 0.28 with it).
-    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if pool.actor_gpus > 0 and pool.actors > 1 else -1
-    ordered = order_by_signature(tasks, order_seed)
-    items = [{"task": cloudpickle.dumps(t)} for t in ordered]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
     from sgma_model import read_card
 
     norm = Normalisation.from_card(read_card(cfg.checkpoint))
-    ds = ds.map(_read_row, fn_kwargs={"cfg": cfg, "norm": norm}, num_cpus=pool.read_cpus,
-                compute=ray.data.TaskPoolStrategy(size=pool.read_tasks))
-    ds = ds.map_batches(
-        _RayPredictor,
-        fn_constructor_kwargs={"cfg": cfg, "order_seed": order_seed},
-        compute=ray.data.ActorPoolStrategy(min_size=pool.actors, max_size=pool.actors),
-        batch_size=batch_size,
-        num_cpus=pool.actor_cpus,
-        num_gpus=pool.actor_gpus,
-        batch_format="numpy",
-    )
+    restart = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+    reader_cls = ray.remote(_ReadActor).options(num_cpus=pool.read_cpus, **restart)
+    tile_cls = ray.remote(_TileActor).options(num_cpus=pool.actor_cpus, num_gpus=pool.actor_gpus, **restart)
+    # constructor arguments by value: a restarted actor needs them again (ray #53727)
+    readers = _Pool([reader_cls.remote(cfg, norm) for _ in range(pool.read_tasks)], "read", depth=2)
+    infer = _Pool([tile_cls.remote(cfg) for _ in range(pool.actors)], "run", depth=max(1, batch_size))
+    if pool.actor_gpus > 0 and pool.actors > 1:
+        # Several GPU actors: start the whole pool (models on their GPUs) before tiles flow, so a pool the
+        # cluster cannot place fails with a timeout instead of waiting for ever. CPU actors (sized from this
+        # cluster's own CPUs) and a single actor: no wait, the reads run while the models load.
+        _wait_ready(infer.actors)
+    pending = list(reversed(order_by_signature(tasks, order_seed)))  # popped from the end: first tile first
+    ready: list[Any] = []  # finished reads' refs, oldest first
+    buffer = len(readers.actors) + len(infer.actors) * infer.depth  # tiles read ahead, at most
     records: list[dict[str, Any]] = []
-    for row in ds.iter_rows():
-        rec = json.loads(row["record"])
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
-    log.info("ray data stats:\n%s", ds.stats())
+    while pending or ready or readers.calls or infer.calls:
+        while pending and readers.has_room() and len(readers.calls) + len(ready) < buffer:
+            readers.submit(pending.pop())
+        while ready and infer.has_room():
+            infer.submit(ready.pop(0))
+        done, _ = ray.wait([*readers.calls, *infer.calls], num_returns=1)
+        for ref in done:
+            if ref in readers.calls:
+                readers.finish(ref)
+                ready.append(ref)
+                continue
+            infer.finish(ref)
+            rec = ray.get(ref)
+            records.append(rec)
+            if on_record is not None:
+                on_record(rec)
+    log.info("ray executor: %d tiles, %d readers, %d inference actors", len(tasks), len(readers.actors),
+             len(infer.actors))
+    for a in (*readers.actors, *infer.actors):
+        ray.kill(a)
     return records
+
+
+def _wait_ready(actors: Sequence[Any]) -> None:
+    import ray
+
+    from sgma_batch.errors import UsageError
+
+    refs = [a.ready.remote() for a in actors]
+    done, waiting = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
+    if waiting:
+        raise UsageError(f"{len(waiting)} of {len(refs)} inference actors did not start within "
+                         f"{ACTOR_START_TIMEOUT_S} s; the cluster cannot place them (check its GPUs)")
+    ray.get(done)

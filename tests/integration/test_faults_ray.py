@@ -88,8 +88,9 @@ def test_driver_sigkill_then_rerun_recomputes_only_uncommitted_tiles(archive, ch
 
 
 def test_worker_loss_mid_run_completes_bitwise_identical(ray_local, archive, checkpoint, reference, tmp_path):
-    """Kill the process of an inference actor, then the worker of a running read task, while
-    ``run_mosaic`` runs on the session's local Ray (2 actors at half a CPU each, reads as separate tasks)."""
+    """Kill the process of an inference actor mid-tile, then a reader actor's process mid-read, while
+    ``run_mosaic`` runs on the session's local Ray (2 inference actors, 2 readers): Ray restarts each and
+    reruns the calls queued on it."""
     import os
     import threading
 
@@ -107,7 +108,7 @@ def test_worker_loss_mid_run_completes_bitwise_identical(ray_local, archive, che
 
     def chaos() -> None:
         try:
-            for after, title in ((3, "_RayPredictor"), (12, "ray::Map(_read_row)")):
+            for after, title in ((3, "ray::_TileActor.run"), (12, "ray::_ReadActor.read")):
                 rh.wait_for(lambda n=after: _committed(out) >= n, 240, f"{after} committed tiles")
                 victim = rh.wait_for(lambda t=title: running(t), 60, f"a process running {title}", poll=0.005)
                 rh.kill_pids([victim[0]])
@@ -122,7 +123,7 @@ def test_worker_loss_mid_run_completes_bitwise_identical(ray_local, archive, che
                            max_actors=2))
     watcher.join(timeout=60)
     assert not errors, errors
-    assert [c.split("(")[0] for _, c in killed] == ["ray::MapWorker", "ray::Map"], killed
+    assert [c.split("(")[0].split()[0] for _, c in killed] == ["ray::_TileActor.run", "ray::_ReadActor.read"], killed
     assert s.tiles == total and s.failed == 0 and s.degraded == 0 and s.exit_code == 0
     assert len(rh.manifest(out)) == total
     rh.assert_same_store(reference, out)
