@@ -53,8 +53,11 @@ def wait_quiet(max_load: float | None, limit_s: float = 900) -> dict:
     return {"waited_s": round(time.time() - t0, 1), "quiet": max_load is None or loadavg()[0] < max_load}
 
 
-def _tree_rss_kib(*pids: int) -> int:
-    """Resident memory of ``pids`` and all their descendants (KiB), each process counted once, from /proc."""
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(*pids: int) -> dict[int, tuple[int, float, str]]:
+    """``pids`` and all their descendants, from /proc: pid -> (RSS KiB, CPU seconds, first word of cmdline)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -62,20 +65,37 @@ def _tree_rss_kib(*pids: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo, seen = 0, list(pids), set()
+    out: dict[int, tuple[int, float, str]] = {}
+    todo = list(pids)
     while todo:
         p = todo.pop()
-        if p in seen:
+        if p in out:
             continue
-        seen.add(p)
         todo.extend(children.get(p, []))
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            rss = next((int(ln.split()[1]) for ln in Path(f"/proc/{p}/status").read_text().splitlines()
+                        if ln.startswith("VmRSS:")), 0)
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            title = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except OSError:
-            pass
-    return total
+            continue
+        out[p] = (rss, (int(f[11]) + int(f[12])) / _HZ, title)
+    return out
+
+
+def _tree_rss_kib(*pids: int) -> int:
+    """Resident memory of ``pids`` and all their descendants (KiB), each process counted once."""
+    return sum(rss for rss, _, _ in _tree(*pids).values())
+
+
+def cpu_by_role(driver: int, seen: dict[int, tuple[float, str]]) -> dict[str, float]:
+    """CPU seconds of a run's processes, by role: the CLI process, inference actors, readers, the rest of Ray."""
+    roles: dict[str, float] = {}
+    for pid, (cpu, title) in seen.items():
+        role = ("driver" if pid == driver else "inference" if title.startswith("ray::_TileActor")
+                else "readers" if title.startswith("ray::_ReadActor") else "ray" if "ray" in title else "other")
+        roles[role] = round(roles.get(role, 0.0) + cpu, 1)
+    return roles
 
 
 MAX_LOAD: float | None = None
@@ -93,11 +113,16 @@ def measure(cmd: list[str]) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
     peak = [0]
+    seen: dict[int, tuple[float, str]] = {}  # pid -> (CPU seconds, title), the last sample of each process
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss_kib(proc.pid))
+            tree = _tree(proc.pid)
+            peak[0] = max(peak[0], sum(rss for rss, _, _ in tree.values()))
+            for pid, (_, cpu, title) in tree.items():  # an actor's title is set once it runs: keep a ray:: one
+                keep = seen.get(pid, (0.0, ""))[1]
+                seen[pid] = (cpu, keep if keep.startswith("ray::") and not title.startswith("ray::") else title)
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -113,6 +138,7 @@ def measure(cmd: list[str]) -> dict:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {err[-2000:]}")
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     return {"wall_s": round(seconds, 2), "peak_rss_mib": round(peak[0] / 1024, 1), "started_unix": started,
+            "cpu_s": cpu_by_role(proc.pid, seen),
             "load_start": load0, "load_end": load1, "wait": wait,
             "result": json.loads(lines[-1]) if lines else None}
 

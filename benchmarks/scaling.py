@@ -157,7 +157,7 @@ def main() -> None:
                     "wall_s": r["wall_s"], "s_per_km2": round(r["wall_s"] / area, 4),
                     "first_commit_s": st["first_commit_s"],
                     "steady_s_per_km2": round(3600 / st["km2_per_h"], 4) if st["km2_per_h"] else None,
-                    "steady_km2_per_h": st["km2_per_h"], "peak_rss_mib": r["peak_rss_mib"],
+                    "steady_km2_per_h": st["km2_per_h"], "peak_rss_mib": r["peak_rss_mib"], "cpu_s": r.get("cpu_s"),
                     **{k: r[k] for k in ("driver_peak_rss_mib", "cluster_peak_rss_mib") if k in r},
                     "load_start": r["load_start"][0], "load_end": r["load_end"][0], "wait": r["wait"]})
             if ex == "ray-warm":
@@ -188,11 +188,12 @@ def main() -> None:
             "spread_s_per_km2_steady": pt.spread([r["steady_s_per_km2"] for r in rs]),
             "spread_peak_rss": pt.spread([r["peak_rss_mib"] for r in rs])}
     print("\n| executor | area | km² | tiles | wall s | s/km² (wall) | 1st commit s | steady s/km² | peak RSS MiB |"
-          " load |\n|---|---|---|---|---|---|---|---|---|---|")
+          " CPU s by process | load |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted((r["cpu_s"] or {}).items(), key=lambda kv: -kv[1]))
         print(f"| {r['executor']} | {r['area_x']}x | {r['area_km2']:.0f} | {r['tiles']} | {r['wall_s']:.1f} | "
               f"{r['s_per_km2']:.3f} | {r['first_commit_s'] or 0:.1f} | {r['steady_s_per_km2'] or 0:.4f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['load_start']:.2f}→{r['load_end']:.2f} |")
+              f"{r['peak_rss_mib']:.0f} | {cpu or '-'} | {r['load_start']:.2f}→{r['load_end']:.2f} |")
     print("\n| executor | fixed s | marginal s/km² | max residual | spread wall s/km² | spread steady s/km² |"
           " spread peak RSS |\n|---|---|---|---|---|---|---|")
     for ex, s in summary.items():
