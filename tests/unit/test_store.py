@@ -158,3 +158,31 @@ def test_finish_v3_consolidated(tmp_path):
     ds = xr.open_zarr(path, decode_coords="all", consolidated=True, mask_and_scale=False)
     np.testing.assert_array_equal(ds["class"].values, expected)
     assert ds.odc.geobox == GBOX
+
+
+@pytest.mark.parametrize("tile", [16, 32])
+def test_overviews_hold_the_centre_pixel_of_every_block_at_every_level(tmp_path, tile):
+    """Level f, index i = full-resolution pixel f * i + f // 2 (fill beyond the grid), for every variable and
+    level: the Z-order writer buffers levels coarser than its read unit across units, and finer ones within."""
+    import zarr
+
+    from sgma_batch.store import _OVERVIEW_FILL, _overview_levels
+
+    path = tmp_path / "m.zarr"
+    layout = _layout(tile=tile)
+    open_or_create_store(path, layout, {})
+    _fill(path, layout)
+    finish_store(path, layout)
+    root = zarr.open_group(str(path), mode="r")
+    factors = _overview_levels(layout)
+    assert factors == ([2, 4, 8, 16] if tile == 16 else [2, 4, 8])
+    for f in factors:
+        level = root["overviews"][str(f)]
+        for name, fill in _OVERVIEW_FILL.items():
+            full = np.asarray(root[name][...])
+            got = np.asarray(level[name][...])
+            assert got.shape[-2:] == (-(-full.shape[-2] // f), -(-full.shape[-1] // f)), (f, name)
+            want = np.full(got.shape, fill, np.uint8)
+            sub = full[..., f // 2 :: f, f // 2 :: f]
+            want[..., : sub.shape[-2], : sub.shape[-1]] = sub
+            np.testing.assert_array_equal(got, want, err_msg=f"level {f} {name}")
