@@ -166,7 +166,7 @@ def main() -> None:
         if a.model_only:
             aoi, _ = pt.aoi_bbox(info, a.base_km * 4)
             mo = pt.measure([sys.executable, "benchmarks/pipeline_throughput.py", "--_inner", "model-only", cat, aoi,
-                             start, end, str(a.tile_px), str(a.halo_px), "1"])
+                             start, end, str(a.tile_px), str(a.halo_px), "1,2"])
             model_only = {**mo["result"], "load_start": mo["load_start"][0], "load_end": mo["load_end"][0]}
             procs = os.cpu_count() or 1
             if procs > 1:  # the model alone on every core: one 1-thread process per CPU
@@ -207,6 +207,10 @@ def main() -> None:
         refs = {"1 process": model_only["threads1_km2_per_h"]}
         print(f"\nmodel-only on the 16x tiles, 1 process of 1 thread: {model_only['threads1_s']:.1f} s, "
               f"{refs['1 process']:,.0f} km²/h")
+        if "threads2_km2_per_h" in model_only:  # torch's default on 2 cores: one process, a thread per core
+            refs["1 process, 2 threads"] = model_only["threads2_km2_per_h"]
+            print(f"model-only, 1 process of 2 threads: {model_only['threads2_s']:.1f} s, "
+                  f"{refs['1 process, 2 threads']:,.0f} km²/h")
         procs = model_only.get("procs")
         if procs:
             refs[f"{procs} processes"] = model_only[f"procs{procs}_km2_per_h"]
