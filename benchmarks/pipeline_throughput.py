@@ -151,7 +151,8 @@ def _px(rec: dict) -> int:
 def steady_state(store: Path, started_unix: float) -> dict:
     """Start-up (process start to the first tile commit) and the steady state: tiles committed after the
     first, over the time between the first and the last commit (km2 of tile cores, 10 m pixels)."""
-    recs = sorted((p.stat().st_mtime, json.loads(p.read_text())) for p in (store / "manifest").glob("*.json"))
+    recs = sorted(((p.stat().st_mtime, json.loads(p.read_text())) for p in (store / "manifest").glob("*.json")),
+                  key=lambda r: r[0])  # two commits in the same mtime tick must not compare the records
     if not recs:
         return {"first_commit_s": None, "tiles_per_s": None, "km2_per_h": None}
     first = round(recs[0][0] - started_unix, 2)

@@ -296,9 +296,6 @@ class _ReadActor:
     def __init__(self, cfg: InferenceConfig, norm: Normalisation) -> None:
         self.cfg, self.norm = cfg, norm
 
-    def ready(self) -> bool:
-        return True
-
     def read(self, task: TileTask) -> TileInputs:
         return read_tile(task, self.norm, self.cfg)
 
@@ -426,13 +423,14 @@ def execute_ray(
 ) -> list[dict[str, Any]]:
     """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
 
-    Reads are Ray tasks, at most ``pool.read_tasks`` in flight; a finished read goes to the actor with
-    the fewest tiles queued, each actor holding at most ``batch_size`` (one running, the rest waiting, so
-    an actor never idles between tiles). The read's arrays travel through the object store to the actor
-    without a copy; only the tile's small record comes back. Lost processes are Ray's to recover: a read
-    task whose worker dies is retried (``max_retries``), and an actor that dies is restarted (the model
-    reloaded) and its queued tiles are run again (``max_restarts``, ``max_task_retries``); rewriting a
-    tile writes the same bytes. ``order_seed`` shuffles the task order for determinism tests.
+    ``pool.read_tasks`` reader actors read tiles in plan order, two queued on each; a finished read goes
+    to the inference actor with the fewest tiles queued, each holding at most ``batch_size`` (one running,
+    the rest waiting, so an actor never idles between tiles), and at most that many tiles are read ahead.
+    The read's arrays travel through the object store to the actor without a copy; only the tile's small
+    record comes back. A reader or inference actor whose process dies is restarted by Ray (a model
+    reloaded) and the calls queued on it run again (``ACTOR_RESTARTS``); rewriting a tile writes the same
+    bytes. The actors are killed when the run ends or fails. ``order_seed`` shuffles the task order for
+    determinism tests.
     """
     import ray
 
@@ -451,11 +449,26 @@ def execute_ray(
     # constructor arguments by value: a restarted actor needs them again (ray #53727)
     readers = _Pool([reader_cls.remote(cfg, norm) for _ in range(pool.read_tasks)], "read", depth=2)
     infer = _Pool([tile_cls.remote(cfg) for _ in range(pool.actors)], "run", depth=max(1, batch_size))
-    if pool.actor_gpus > 0 and pool.actors > 1:
-        # Several GPU actors: start the whole pool (models on their GPUs) before tiles flow, so a pool the
-        # cluster cannot place fails with a timeout instead of waiting for ever. CPU actors (sized from this
-        # cluster's own CPUs) and a single actor: no wait, the reads run while the models load.
-        _wait_ready(infer.actors)
+    try:
+        if pool.actor_gpus > 0 and pool.actors > 1:
+            # Several GPU actors: start the whole pool (models on their GPUs) before tiles flow, so a pool the
+            # cluster cannot place fails with a timeout instead of waiting for ever. CPU actors (sized from
+            # this cluster's own CPUs) and a single actor: no wait, the reads run while the models load.
+            _wait_ready(infer.actors)
+        records = _stream(tasks, readers, infer, order_seed, on_record)
+    finally:
+        for a in (*readers.actors, *infer.actors):  # free their CPUs and GPUs on a shared cluster at once
+            ray.kill(a)
+    log.info("ray executor: %d tiles, %d readers, %d inference actors", len(tasks), len(readers.actors),
+             len(infer.actors))
+    return records
+
+
+def _stream(tasks: Sequence[TileTask], readers: _Pool, infer: _Pool, order_seed: int | None,
+            on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """Feed the tiles through the readers into the inference actors; the records as they complete."""
+    import ray
+
     pending = list(reversed(order_by_signature(tasks, order_seed)))  # popped from the end: first tile first
     ready: list[Any] = []  # finished reads' refs, oldest first
     buffer = len(readers.actors) + len(infer.actors) * infer.depth  # tiles read ahead, at most
@@ -476,10 +489,6 @@ def execute_ray(
             records.append(rec)
             if on_record is not None:
                 on_record(rec)
-    log.info("ray executor: %d tiles, %d readers, %d inference actors", len(tasks), len(readers.actors),
-             len(infer.actors))
-    for a in (*readers.actors, *infer.actors):
-        ray.kill(a)
     return records
 
 
