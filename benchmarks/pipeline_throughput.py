@@ -4,11 +4,12 @@
    (benchmarks/naive_baseline.py) on the same AOI, archive and model: throughput ratio and both peak
    memories (RSS summed over the process tree: driver, raylet, GCS, Ray workers).
 2. End-to-end versus model-only on the same tiles: the pipeline's per-tile inference (sliding windows,
-   blending) on inputs already in memory, timed alone with 1 torch thread (what one actor uses) and
-   with 2 (the whole machine); ratio = end-to-end throughput / model-only throughput.
+   blending) on inputs already in memory, timed alone in one process with 1 torch thread (what one actor
+   uses) and with 2, and in one 1-thread process per CPU started together (the model on every core);
+   ratio = end-to-end throughput / model-only throughput.
 3. Scaling: 1x, 4x, 16x the AOI area (one archive, generated once, outside every timed part): time per
    km2 (CLI wall time, and the steady state between the first and the last tile commit) and peak RSS.
-4. Ray: 1 versus 2 CPU inference actors (``--max-actors``).
+4. Ray: the default (one CPU inference actor per CPU) versus ``--max-actors 1``.
 5. Ray start-up alone (``ray.init`` + one task + shutdown), and per run the time to the first tile commit,
    so a small job's wall time is not read as throughput.
 
@@ -341,19 +342,22 @@ def _run_all(a, info, tmp: Path, gen_s: float) -> None:
     rows["naive_16x"] = measure([py, "benchmarks/naive_baseline.py", "--catalog", cat, "--aoi", big_aoi, "--start",
                                  start, "--end", end, "--out", str(tmp / "naive.tif"), "--tile-px", str(a.tile_px),
                                  "--halo-px", str(a.halo_px), "--json"])
-    rows["ray_1actor_16x"] = cli_run("ray16", big_aoi)
+    rows["ray_16x"] = cli_run("ray16", big_aoi)  # the default: one CPU actor per CPU
     rows["sequential_16x"] = cli_run("seq16", big_aoi, "--sequential")
     rows["model_only_16x"] = measure([py, "benchmarks/pipeline_throughput.py", "--_inner", "model-only", cat,
                                       big_aoi, start, end, str(a.tile_px), str(a.halo_px)])
-    rows["ray_2actors_16x"] = cli_run("ray16a2", big_aoi, "--max-actors", "2")
+    procs = os.cpu_count() or 1
+    rows["model_only_procs_16x"] = measure([py, "benchmarks/pipeline_throughput.py", "--_inner", "model-only-procs",
+                                            cat, big_aoi, start, end, str(a.tile_px), str(a.halo_px), str(procs)])
+    rows["ray_1actor_16x"] = cli_run("ray16a1", big_aoi, "--max-actors", "1")
     for mult in (1, 4):
         aoi, _ = aoi_bbox(info, sides[mult])
-        rows[f"ray_1actor_{mult}x"] = cli_run(f"ray{mult}", aoi)
+        rows[f"ray_{mult}x"] = cli_run(f"ray{mult}", aoi)
         rows[f"sequential_{mult}x"] = cli_run(f"seq{mult}", aoi, "--sequential")
     load_finish = loadavg()
 
     scaling = []
-    for ex in ("ray_1actor", "sequential"):
+    for ex in ("ray", "sequential"):
         for mult, side in sides.items():
             r = rows[f"{ex}_{mult}x"]
             area = side * side
@@ -368,42 +372,46 @@ def _run_all(a, info, tmp: Path, gen_s: float) -> None:
     def sc(ex: str, key: str) -> float | None:
         return spread([s[key] for s in scaling if s["executor"] == ex])
 
-    naive, ray1, seq, mo = rows["naive_16x"], rows["ray_1actor_16x"], rows["sequential_16x"], rows["model_only_16x"]
-    ray2 = rows["ray_2actors_16x"]
+    naive, ray, seq, mo = rows["naive_16x"], rows["ray_16x"], rows["sequential_16x"], rows["model_only_16x"]
+    ray1 = rows["ray_1actor_16x"]
     mo_r = mo["result"]
-    # end-to-end throughput over model-only throughput, on the same tiles (km2 of tile cores)
+    # end-to-end throughput over model-only throughput, on the same tiles (km2 of tile cores): the model in
+    # one process of 1 thread, of 2 threads, and in one 1-thread process per CPU (the model on every core)
     mo1, mo2 = mo_r["threads1_km2_per_h"], mo_r["threads2_km2_per_h"]
+    mop = rows["model_only_procs_16x"]["result"][f"procs{procs}_km2_per_h"]
     tile_km2 = mo_r["km2"]
 
     def e2e(r: dict) -> float:
         return tile_km2 / r["wall_s"] * 3600
 
+    def ratios(ref: float) -> dict[str, float]:
+        return {"ray_wall": round(e2e(ray) / ref, 3), "ray_1actor_wall": round(e2e(ray1) / ref, 3),
+                "sequential_wall": round(e2e(seq) / ref, 3),
+                "ray_steady": round((ray["steady"]["km2_per_h"] or 0) / ref, 3),
+                "ray_1actor_steady": round((ray1["steady"]["km2_per_h"] or 0) / ref, 3),
+                "sequential_steady": round((seq["steady"]["km2_per_h"] or 0) / ref, 3)}
+
     summary = {
-        "aoi_km2": big_area, "tiles": ray1["result"]["tiles"], "tile_cores_km2": tile_km2,
+        "aoi_km2": big_area, "tiles": ray["result"]["tiles"], "tile_cores_km2": tile_km2,
         "archive": {"size_km": a.size_km, "dates": a.dates, "generate_s": round(gen_s, 1)},
         "naive_wall_s": naive["wall_s"], "naive_peak_rss_mib": naive["peak_rss_mib"],
         "naive_forward_s": naive["result"]["forward_s"], "naive_read_s": naive["result"]["read_s"],
-        "ray_wall_s": ray1["wall_s"], "ray_peak_rss_mib": ray1["peak_rss_mib"],
+        "ray_wall_s": ray["wall_s"], "ray_peak_rss_mib": ray["peak_rss_mib"],
         "sequential_wall_s": seq["wall_s"], "sequential_peak_rss_mib": seq["peak_rss_mib"],
-        "throughput_ratio_ray_vs_naive": round(naive["wall_s"] / ray1["wall_s"], 3),
+        "throughput_ratio_ray_vs_naive": round(naive["wall_s"] / ray["wall_s"], 3),
         "throughput_ratio_sequential_vs_naive": round(naive["wall_s"] / seq["wall_s"], 3),
         "ray_startup_total_s": rows["ray_startup"]["result"]["total_s"],
         "model_only_1thread_s": mo_r["threads1_s"], "model_only_2threads_s": mo_r["threads2_s"],
         "model_only_1thread_km2_per_h": mo1, "model_only_2threads_km2_per_h": mo2,
-        "e2e_over_model_only_2threads": {
-            "ray_1actor_wall": round(e2e(ray1) / mo2, 3), "ray_2actors_wall": round(e2e(ray2) / mo2, 3),
-            "sequential_wall": round(e2e(seq) / mo2, 3),
-            "ray_1actor_steady": round((ray1["steady"]["km2_per_h"] or 0) / mo2, 3),
-            "ray_2actors_steady": round((ray2["steady"]["km2_per_h"] or 0) / mo2, 3)},
-        "e2e_over_model_only_1thread": {
-            "ray_1actor_wall": round(e2e(ray1) / mo1, 3), "sequential_wall": round(e2e(seq) / mo1, 3),
-            "ray_1actor_steady": round((ray1["steady"]["km2_per_h"] or 0) / mo1, 3)},
-        "ray_1_actor_wall_s": ray1["wall_s"], "ray_2_actor_wall_s": ray2["wall_s"],
+        f"model_only_{procs}procs_km2_per_h": mop,
+        "e2e_over_model_only_1thread": ratios(mo1), "e2e_over_model_only_2threads": ratios(mo2),
+        f"e2e_over_model_only_{procs}procs": ratios(mop),
+        "ray_default_wall_s": ray["wall_s"], "ray_1_actor_wall_s": ray1["wall_s"],
+        "ray_default_steady_km2_per_h": ray["steady"]["km2_per_h"],
         "ray_1_actor_steady_km2_per_h": ray1["steady"]["km2_per_h"],
-        "ray_2_actor_steady_km2_per_h": ray2["steady"]["km2_per_h"],
-        "ray_1_actor_peak_rss_mib": ray1["peak_rss_mib"], "ray_2_actor_peak_rss_mib": ray2["peak_rss_mib"],
+        "ray_default_peak_rss_mib": ray["peak_rss_mib"], "ray_1_actor_peak_rss_mib": ray1["peak_rss_mib"],
         "scaling_spread": {ex: {"s_per_km2_wall": sc(ex, "s_per_km2"), "s_per_km2_steady": sc(ex, "steady_s_per_km2"),
-                                "peak_rss": sc(ex, "peak_rss_mib")} for ex in ("ray_1actor", "sequential")},
+                                "peak_rss": sc(ex, "peak_rss_mib")} for ex in ("ray", "sequential")},
         "load_begin": load_begin, "load_finish": load_finish,
     }
     print(f"\n{'run':18s} {'wall s':>7s} {'RSS MiB':>8s} {'load':>11s} {'1st commit':>10s} {'steady km2/h':>12s}")
