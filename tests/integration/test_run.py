@@ -47,7 +47,7 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
     executed = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray executor"))
     assert f"ray executor: {s1.tiles} tiles, 2 readers, 2 inference actors" in executed
     pool = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ray pool"))
-    # 2-CPU cluster: an actor per CPU, one read in flight per actor (bounded)
+    # 2-CPU cluster: an inference actor per CPU, a reader per inference actor
     assert "actors=2," in pool and "read_tasks=2" in pool
 
     ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
