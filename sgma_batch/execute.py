@@ -23,7 +23,9 @@ separate write stage would move every result through the object store to save li
 the share grows; overlapping a tile's write with the next tile's inference inside the actor is the
 step to take if GPU timings show it.
 
-Tiles are ordered by modality signature so that a batch holds tiles with the same inputs; each tile's
+Tiles are ordered by modality signature so that a batch holds tiles with the same inputs, then in Z
+order so that consecutive tiles overlap the same source blocks; each reader takes a contiguous run of
+that order. Each tile's
 windows are forwarded as one fixed set of batches (see :func:`sgma_batch.blend.blend_windows`), so a
 tile's result never depends on which tiles share its batch or actor.
 """
@@ -34,6 +36,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from sgma_batch.grid import TileTask
+from sgma_batch.grid import TileTask, morton_key
 from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile, write_tile
 
 log = logging.getLogger(__name__)
@@ -251,11 +254,14 @@ def _nodata_arrays(h: int, w: int, m: int, k: int, probability: bool) -> TileArr
 
 
 def order_by_signature(tasks: Iterable[TileTask], seed: int | None = None) -> list[TileTask]:
-    """Tiles grouped by which modalities they have, then in tile order.
+    """Tiles grouped by which modalities they have, then in Z order of their grid index.
 
+    Z order keeps consecutive tiles next to each other on the ground, in both directions, so a reader's
+    GDAL block cache serves a source block to every tile that overlaps it (1024 km2, 256 px tiles on
+    512 px COG blocks: 0.064 CPU s per tile read, against 0.073 in row order).
     With ``seed``, a seeded shuffle instead: results must not depend on the order (determinism tests).
     """
-    ordered = sorted(tasks, key=lambda t: (t.signature, t.tile_id))
+    ordered = sorted(tasks, key=lambda t: (t.signature, morton_key(*t.index)))
     if seed is not None:
         import random
 
@@ -317,7 +323,7 @@ class _TileActor:
 
 
 class _Pool:
-    """Actors and the calls queued on each: a call goes to the least-loaded actor, at most ``depth`` each."""
+    """Actors and the calls queued on each: at most ``depth`` each, by default to the least-loaded."""
 
     def __init__(self, actors: list[Any], method: str, depth: int) -> None:
         self.actors, self.method, self.depth = actors, method, depth
@@ -327,8 +333,11 @@ class _Pool:
     def has_room(self) -> bool:
         return min(self.queued) < self.depth
 
-    def submit(self, arg: Any) -> None:
-        i = self.queued.index(min(self.queued))
+    def least_loaded(self) -> int:
+        return self.queued.index(min(self.queued))
+
+    def submit(self, arg: Any, actor: int | None = None) -> None:
+        i = self.least_loaded() if actor is None else actor
         self.calls[getattr(self.actors[i], self.method).remote(arg)] = (i, arg)
         self.queued[i] += 1
 
@@ -466,16 +475,24 @@ def execute_ray(
 
 def _stream(tasks: Sequence[TileTask], readers: _Pool, infer: _Pool, order_seed: int | None,
             on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
-    """Feed the tiles through the readers into the inference actors; the records as they complete."""
+    """Feed the tiles through the readers into the inference actors; the records as they complete.
+
+    Each reader walks its own contiguous run of the tile order (see :func:`_reader_queues`), so the
+    blocks its GDAL cache holds are the ones its next tile needs.
+    """
     import ray
 
-    pending = list(reversed(order_by_signature(tasks, order_seed)))  # popped from the end: first tile first
+    queues = _reader_queues(order_by_signature(tasks, order_seed), len(readers.actors))
     ready: list[Any] = []  # finished reads' refs, oldest first
     buffer = len(readers.actors) + len(infer.actors) * infer.depth  # tiles read ahead, at most
     records: list[dict[str, Any]] = []
-    while pending or ready or readers.calls or infer.calls:
-        while pending and readers.has_room() and len(readers.calls) + len(ready) < buffer:
-            readers.submit(pending.pop())
+    while any(queues) or ready or readers.calls or infer.calls:
+        while readers.has_room() and len(readers.calls) + len(ready) < buffer:
+            i = readers.least_loaded()
+            task = _next_read(queues, i)
+            if task is None:
+                break
+            readers.submit(task, i)
         while ready and infer.has_room():
             infer.submit(ready.pop(0))
         done, _ = ray.wait([*readers.calls, *infer.calls], num_returns=1)
@@ -490,6 +507,25 @@ def _stream(tasks: Sequence[TileTask], readers: _Pool, infer: _Pool, order_seed:
             if on_record is not None:
                 on_record(rec)
     return records
+
+
+def _reader_queues(ordered: Sequence[TileTask], n: int) -> list[deque[TileTask]]:
+    """``ordered`` cut into ``n`` contiguous runs of (nearly) equal length, one per reader.
+
+    Handing tiles out in turn instead would give each reader every n-th tile: with two readers on 2 cores
+    that read 0.10 CPU s per tile against 0.064 for a run of neighbours (blocks decoded twice).
+    """
+    k, extra = divmod(len(ordered), n)
+    bounds = [i * k + min(i, extra) for i in range(n + 1)]
+    return [deque(ordered[bounds[i] : bounds[i + 1]]) for i in range(n)]
+
+
+def _next_read(queues: list[deque[TileTask]], reader: int) -> TileTask | None:
+    """The next tile for ``reader``: the head of its own run, else one taken from the end of the longest."""
+    if queues[reader]:
+        return queues[reader].popleft()
+    longest = max(queues, key=len)
+    return longest.pop() if longest else None
 
 
 def _wait_ready(actors: Sequence[Any]) -> None:

@@ -26,11 +26,25 @@ __all__ = [
     "TileTask",
     "config_hash",
     "content_hash",
+    "morton_key",
     "plan_tiles",
     "target_geobox",
     "tile_grid",
     "utm_epsg_for",
 ]
+
+
+def morton_key(row: int, col: int) -> int:
+    """Z-order (Morton) key of a grid cell: interleaved bits of ``row`` and ``col`` (non-negative).
+
+    Sorting cells by it makes every aligned 2^k x 2^k block contiguous, so neighbours in the order are
+    neighbours on the ground (what a reader's block cache and the overview pass reuse).
+    """
+    key, bit = 0, 0
+    while row >> bit or col >> bit:
+        key |= ((col >> bit) & 1) << (2 * bit) | ((row >> bit) & 1) << (2 * bit + 1)
+        bit += 1
+    return key
 
 
 def utm_epsg_for(lon: float, lat: float) -> int:

@@ -38,6 +38,7 @@ from odc.geo.geobox import GeoBox
 
 from sgma_batch import __version__
 from sgma_batch.errors import StoreCorruptError, StoreIncompatibleError, StoreUnwritableError
+from sgma_batch.grid import morton_key
 
 log = logging.getLogger(__name__)
 
@@ -378,10 +379,7 @@ _OVERVIEW_FILL = {"class": CLASS_NODATA, "confidence": 0, "modality_mask": 0, "r
 
 def _morton(n: int) -> list[tuple[int, int]]:
     """(row, col) of an n x n grid (n a power of two) in Z order: every aligned 2^k x 2^k block is contiguous."""
-    def spread(v: int) -> int:
-        return int("".join(f"{b}0" for b in f"{v:b}"), 2) >> 1 if v else 0
-
-    return sorted(((r, c) for r in range(n) for c in range(n)), key=lambda rc: (spread(rc[0]) << 1) | spread(rc[1]))
+    return sorted(((r, c) for r in range(n) for c in range(n)), key=lambda rc: morton_key(*rc))
 
 
 @_quiet_zarr

@@ -112,20 +112,34 @@ class SensorProfile:
         raise NotImplementedError
 
     # -- shared helpers ------------------------------------------------------------------------------
-    def _stack(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Stack ``self.bands`` as float64 (C, H, W) and the per-band nodata/finite validity (H, W)."""
+    def _stack(
+        self, scene: Scene, arrays: Mapping[str, np.ndarray], dtype: Any = np.float64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stack ``self.bands`` as ``dtype`` (C, H, W) and the per-band nodata/finite validity (H, W).
+
+        The validity is tested on each band as given (its own dtype), so it does not depend on ``dtype``.
+        """
         missing = [b for b in self.bands if b not in arrays]
         if missing:
             raise UnsupportedSceneError(f"scene {scene.id}: no arrays for bands {missing} of profile {self.name}")
-        shapes = {np.shape(arrays[b]) for b in self.bands}
+        raw = [np.asarray(arrays[b]) for b in self.bands]
+        shapes = {a.shape for a in raw}
         if len(shapes) != 1:
             raise UnsupportedSceneError(f"scene {scene.id}: bands have different shapes {sorted(shapes)}; read them on one grid")
-        raw = np.stack([np.asarray(arrays[b]) for b in self.bands])  # (C, H, W)
-        data = raw.astype(np.float64)
-        valid = np.isfinite(data).all(axis=0)  # (H, W)
-        for i, band in enumerate(self.bands):
+        data = np.empty((len(raw), *raw[0].shape), dtype)  # (C, H, W), filled band by band: one pass each
+        valid = np.ones(raw[0].shape, bool)  # (H, W)
+        for i, (band, a) in enumerate(zip(self.bands, raw, strict=True)):
+            data[i] = a
+            if a.dtype.kind in "fc":
+                valid &= np.isfinite(a)
             ref = scene.assets.get(band)
             nodata = ref.nodata if ref is not None else None
             if nodata is not None and np.isfinite(nodata):
-                valid &= raw[i] != nodata
+                valid &= a != nodata
         return data, valid
+
+    @staticmethod
+    def _zero_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Set every band of ``data`` (C, H, W) to 0 where ``valid`` (H, W) is False, in place."""
+        np.copyto(data, data.dtype.type(0), where=~valid)
+        return data

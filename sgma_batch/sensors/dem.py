@@ -29,7 +29,5 @@ class DEMGlo30Profile(SensorProfile):
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Elevation in metres; nodata and non-finite are invalid."""
-        data, valid = self._stack(scene, arrays)  # (1, H, W)
-        out = data.astype(np.float32)
-        out[:, ~valid] = 0.0
-        return out, valid
+        data, valid = self._stack(scene, arrays, np.float32)  # (1, H, W)
+        return self._zero_invalid(data, valid), valid

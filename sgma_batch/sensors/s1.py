@@ -65,9 +65,7 @@ class S1RTCProfile(_S1Base):
             db = 10.0 * np.log10(safe)
         else:
             db = data
-        out = db.astype(np.float32)  # (C, H, W) dB
-        out[:, ~valid] = 0.0
-        return out, valid
+        return self._zero_invalid(db.astype(np.float32), valid), valid  # (C, H, W) dB
 
 
 class S1DbProfile(_S1Base):
@@ -82,10 +80,8 @@ class S1DbProfile(_S1Base):
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Pass dB through; nodata and non-finite values are invalid."""
-        data, valid = self._stack(scene, arrays)
-        out = data.astype(np.float32)
-        out[:, ~valid] = 0.0
-        return out, valid
+        data, valid = self._stack(scene, arrays, np.float32)
+        return self._zero_invalid(data, valid), valid
 
 
 class S1GRDProfile(_S1Base):

@@ -122,14 +122,13 @@ class _S2Base(SensorProfile):
         return out
 
     def _reflectance(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        data, valid = self._stack(scene, arrays)  # (C, H, W) DN, (H, W)
+        """DN -> reflectance (C, H, W) float32 and validity (H, W); invalid pixels not zeroed yet."""
+        data, valid = self._stack(scene, arrays)  # (C, H, W) DN as float64, (H, W)
         # Raw DN 0 is no data in every S2 product, whatever the catalogue records.
         valid &= (data != 0).all(axis=0)
-        offset = float(scene.extra.get("dn_offset", 0.0))
-        scale = float(scene.extra.get("dn_scale", DN_SCALE))
-        out = ((data + offset) * scale).astype(np.float32)  # (C, H, W) reflectance
-        out[:, ~valid] = 0.0
-        return out, valid
+        data += float(scene.extra.get("dn_offset", 0.0))  # in place: the same roundings as (data + offset) * scale
+        data *= float(scene.extra.get("dn_scale", DN_SCALE))
+        return data.astype(np.float32), valid
 
 
 class S2L2AProfile(_S2Base):
@@ -145,12 +144,10 @@ class S2L2AProfile(_S2Base):
         scl = arrays.get("scl")
         if scl is not None:
             scl = np.asarray(scl)
-            scl_ok = np.isfinite(scl) & ~np.isin(scl, SCL_INVALID)
-            valid &= scl_ok
-            out[:, ~valid] = 0.0
+            valid &= np.isfinite(scl) & ~np.isin(scl, SCL_INVALID)
         else:
             log.debug("scene %s: no SCL array, masking by nodata only", scene.id)
-        return out, valid
+        return self._zero_invalid(out, valid), valid
 
 
 class S2L1CProfile(_S2Base):
@@ -162,7 +159,8 @@ class S2L1CProfile(_S2Base):
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """DN -> TOA reflectance (offset only for baseline >= 04.00)."""
-        return self._reflectance(scene, arrays)
+        out, valid = self._reflectance(scene, arrays)
+        return self._zero_invalid(out, valid), valid
 
     @staticmethod
     def arrays_from_file_order(stack: np.ndarray) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from odc.geo.geom import Geometry
 from shapely.geometry import box
 
 from sgma_batch.errors import UsageError
-from sgma_batch.grid import config_hash, content_hash, plan_tiles, target_geobox, utm_epsg_for
+from sgma_batch.grid import config_hash, content_hash, morton_key, plan_tiles, target_geobox, utm_epsg_for
 from sgma_batch.scenes import Scene
 
 # A small AOI near 15.2E 45.1N (UTM 33N).
@@ -104,3 +104,15 @@ def test_plan_ranks_scenes_per_tile_and_signature():
     assert all(t.signature == ("s2",) for t in tasks)
     assert tasks[0].scene_ids() == {"s1": [], "s2": ["x"]}
     assert len({t.content_hash for t in tasks}) == len(tasks)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_morton_order_keeps_every_aligned_block_contiguous(k):
+    cells = sorted(((r, c) for r in range(16) for c in range(16)), key=lambda rc: morton_key(*rc))
+    assert len({morton_key(*rc) for rc in cells}) == 256  # a key per cell
+    assert cells[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    side = 1 << k
+    for start in range(0, 256, side * side):  # each run of 4^k cells is one aligned 2^k x 2^k block
+        run = cells[start : start + side * side]
+        assert len({(r // side, c // side) for r, c in run}) == 1
+    assert morton_key(0, 5) == 0b10001 and morton_key(5, 0) == 0b100010  # col bits even, row bits odd

@@ -102,3 +102,30 @@ def test_pool_is_capped_by_tasks_and_refuses_missing_gpus():
     with pytest.raises(UsageError, match="has 0 GPUs"):
         plan_pool(2, 0, 10, gpus_per_actor=1)
     assert plan_pool(8, 2, 10, gpus_per_actor=0.5).actors == 4
+
+
+def _task(row: int, col: int, signature: tuple[str, ...]):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(index=(row, col), signature=signature, tile_id=f"r{row:04d}_c{col:04d}")
+
+
+def test_tiles_run_by_signature_then_in_z_order_cut_into_one_run_per_reader():
+    from sgma_batch.execute import _next_read, _reader_queues, order_by_signature
+
+    tasks = [_task(r, c, ("s2",) if c < 4 else ("s1", "s2")) for r in range(6) for c in range(8)]
+    ordered = order_by_signature(tasks)
+    assert [t.signature for t in ordered] == sorted(t.signature for t in tasks)  # grouped by signature
+    assert [t.index for t in ordered[:5]] == [(0, 4), (0, 5), (1, 4), (1, 5), (0, 6)]  # Z order within a group
+    queues = _reader_queues(ordered, 3)
+    assert [len(q) for q in queues] == [16, 16, 16]
+    assert [t for q in queues for t in q] == ordered  # contiguous runs, in order
+    assert [len(q) for q in _reader_queues(ordered[:7], 3)] == [3, 2, 2]
+    # a reader takes the head of its own run; when that is empty, the tail of the longest other run
+    got = [_next_read(queues, 0) for _ in range(16)]
+    assert got == ordered[:16]
+    queues[2].pop()
+    assert _next_read(queues, 0) is ordered[31]  # run 1 is now the longest
+    while any(queues):
+        _next_read(queues, 2)
+    assert _next_read(queues, 1) is None
