@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,9 @@ def _demo_catalog(spec: RunSpec) -> tuple[str, str | None, str | None]:
     return str(info.catalog_path), start, end
 
 
+_NO_WINDOW = "no time window: pass --start and --end (YYYY-MM-DD)"
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """Everything up to (not including) the first side effect: search results, grid, tasks, layout."""
@@ -129,7 +133,9 @@ class _Prepared:
     layout: Any
 
 
-def _prepare(spec: RunSpec) -> _Prepared:
+def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Prepared:
+    """Search and plan ``spec``; ``on_checked`` is called once the cheap checks (flags, AOI, model card)
+    have passed and before the catalogue is read, so a run can start Ray while the search runs."""
     from sgma_batch.aoi import load_aoi
     from sgma_batch.colocate import STATIC_MODALITIES, plan_cell
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox
@@ -141,14 +147,10 @@ def _prepare(spec: RunSpec) -> _Prepared:
         raise UsageError(f"overlap {spec.overlap_px} px must be smaller than the window {spec.window_px} px")
     if spec.tile_px % 16:
         raise UsageError(f"--tile-px must be a multiple of 16, got {spec.tile_px}")
+    if spec.catalog is not None and (spec.start is None or spec.end is None):
+        raise UsageError(_NO_WINDOW)
     aoi = load_aoi(spec.aoi if isinstance(spec.aoi, str) else tuple(spec.aoi),
                    **({"max_area_km2": spec.max_area_km2} if spec.max_area_km2 else {}))
-    if spec.catalog is None:
-        catalog, start, end = _demo_catalog(spec)
-    else:
-        catalog, start, end = spec.catalog, spec.start, spec.end
-    if start is None or end is None:
-        raise UsageError("no time window: pass --start and --end (YYYY-MM-DD)")
     if spec.model is None:
         from sgma_batch.models import default_checkpoint
 
@@ -156,6 +158,14 @@ def _prepare(spec: RunSpec) -> _Prepared:
     else:
         model_path = spec.model
     card = read_card(model_path)
+    if on_checked is not None:
+        on_checked()
+    if spec.catalog is None:
+        catalog, start, end = _demo_catalog(spec)
+    else:
+        catalog, start, end = spec.catalog, spec.start, spec.end
+    if start is None or end is None:
+        raise UsageError(_NO_WINDOW)
     modalities = tuple(card.modality_names)
     found = search_scenes(catalog, aoi, start, end, modalities=modalities, allow_empty=True,
                           collections=spec.collections, signer=spec.signer)
@@ -207,43 +217,60 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
     t0 = time.perf_counter()
-    prep = _prepare(spec)
-    aoi, card, tasks, layout = prep.aoi, prep.card, prep.tasks, prep.layout
-    provenance = {
-        "model": card.architecture, "model_path": prep.model_path, "model_hash": card.model_hash,
-        "config_hash": prep.cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": prep.catalog,
-        "window": [prep.start, prep.end], "created": datetime.now(UTC).isoformat(), "software": __version__,
-    }
-    created = open_or_create_store(spec.out, layout, provenance)
-    done = tile_records_done(read_manifest(spec.out), tasks)
-    todo = [t for t in tasks if t.tile_id not in done]
-    log.info("%d tiles: %d reused, %d to compute", len(tasks), len(done), len(todo))
+    session: list[_RaySession] = []
 
-    aoi_grid = aoi_in_grid_crs(aoi.geometry, prep.geobox)
-    cfg = InferenceConfig(
-        checkpoint=prep.model_path, store=str(spec.out), layout=layout, aoi_wkt=aoi_grid.wkt,
-        window_px=spec.window_px, overlap_px=spec.overlap_px, threads=spec.threads,
-        read_retries=spec.read_retries, read_backoff_s=spec.read_backoff_s,
-    )
-    completed = [len(done)]
-    if progress is not None:
-        progress(len(done), len(tasks), None)
+    def start_ray() -> None:
+        # A fresh store computes every tile: start Ray now, so ray.init overlaps the search and planning. A
+        # rerun may have nothing to do, so it starts Ray only once it knows there are tiles to compute.
+        if spec.executor == "ray" and not Path(spec.out).exists() and not _ray_connected():
+            session.append(_RaySession(spec.address))
 
-    def on_record(rec: dict[str, Any]) -> None:
-        completed[0] += 1
+    try:
+        prep = _prepare(spec, on_checked=start_ray)
+        aoi, card, tasks, layout = prep.aoi, prep.card, prep.tasks, prep.layout
+        provenance = {
+            "model": card.architecture, "model_path": prep.model_path, "model_hash": card.model_hash,
+            "config_hash": prep.cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": prep.catalog,
+            "window": [prep.start, prep.end], "created": datetime.now(UTC).isoformat(), "software": __version__,
+        }
+        created = open_or_create_store(spec.out, layout, provenance)
+        done = tile_records_done(read_manifest(spec.out), tasks)
+        todo = [t for t in tasks if t.tile_id not in done]
+        log.info("%d tiles: %d reused, %d to compute", len(tasks), len(done), len(todo))
+
+        aoi_grid = aoi_in_grid_crs(aoi.geometry, prep.geobox)
+        cfg = InferenceConfig(
+            checkpoint=prep.model_path, store=str(spec.out), layout=layout, aoi_wkt=aoi_grid.wkt,
+            window_px=spec.window_px, overlap_px=spec.overlap_px, threads=spec.threads,
+            read_retries=spec.read_retries, read_backoff_s=spec.read_backoff_s,
+        )
+        completed = [len(done)]
         if progress is not None:
-            progress(completed[0], len(tasks), rec)
+            progress(len(done), len(tasks), None)
 
-    if not todo:
-        records: list[dict[str, Any]] = []
-    elif spec.executor == "sequential":
-        records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
-    else:
-        records = _with_ray(spec.address, lambda: execute_ray(
-            todo, cfg, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor, batch_size=spec.batch_size,
-            on_record=on_record,
-            order_seed=spec.task_order_seed))
-    finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
+        def on_record(rec: dict[str, Any]) -> None:
+            completed[0] += 1
+            if progress is not None:
+                progress(completed[0], len(tasks), rec)
+
+        if not todo:
+            records: list[dict[str, Any]] = []
+        elif spec.executor == "sequential":
+            records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
+        else:
+            if not session and not _ray_connected():
+                session.append(_RaySession(spec.address))
+            if session:
+                session[0].wait()
+            records = execute_ray(
+                todo, cfg, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor,
+                batch_size=spec.batch_size, on_record=on_record, order_seed=spec.task_order_seed)
+        if session:
+            session[0].close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
+        finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
+    finally:
+        if session:
+            session[0].close()
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
     if records and counts["nodata"] == len(records) and not done:
         raise EmptyDataError(
@@ -387,16 +414,48 @@ def _lonlat(geometry: Any) -> Any:
     return geom.Geometry(geometry, "EPSG:4326")
 
 
-def _with_ray(address: str | None, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on a Ray cluster: the one already connected, else ``address`` (None = start locally)."""
+def _ray_connected() -> bool:
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started = True
-    try:
-        return fn()
-    finally:
-        if started:
-            ray.shutdown()
+    return ray.is_initialized()
+
+
+class _RaySession:
+    """Ray started (``ray.init``) on a thread of its own, so the run can go on preparing meanwhile; shut
+    down by :meth:`close`, on the same thread.
+
+    The thread lives until then: a local Ray's processes are bound to the thread that started them and die
+    with it (``PR_SET_PDEATHSIG``), so a thread that returned after ``ray.init`` would take Ray down.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self._address = address
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="sgma-ray-session", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        import ray
+
+        try:
+            ray.init(address=self._address, include_dashboard=False, log_to_driver=False)
+        except BaseException as e:  # handed to the caller by wait()
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        self._stop.wait()
+        ray.shutdown()
+
+    def wait(self) -> None:
+        """Block until Ray is up; re-raise what ``ray.init`` raised."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def close(self, *, wait: bool = True) -> None:
+        """Shut Ray down once it is up; ``wait``: until it is down."""
+        self._stop.set()
+        if wait:
+            self._thread.join()

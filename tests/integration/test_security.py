@@ -60,12 +60,15 @@ def test_the_run_path_starts_ray_with_token_auth_and_no_dashboard(tmp_path):
     """``run``'s own ``ray.init`` in a clean process (no RAY_AUTH_MODE): token auth on, no dashboard URL."""
     code = (
         "import json, ray\n"
-        "from sgma_batch.run import _with_ray\n"
+        "from sgma_batch.run import _RaySession\n"
         "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
         "def probe():\n"
         "    node = ray._private.worker.global_worker.node\n"
         "    return {'token': is_token_auth_enabled(), 'webui': node.address_info.get('webui_url')}\n"
-        "print(json.dumps(_with_ray(None, probe)))\n"
+        "session = _RaySession(None)\n"
+        "session.wait()\n"
+        "print(json.dumps(probe()))\n"
+        "session.close()\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(tmp_path)  # the token Ray generates goes to $HOME/.ray/auth_token
