@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import typer
 
 from sgma_batch import __version__
+from sgma_batch.errors import Terminated
 
 COMMAND_MODULES: tuple[str, ...] = (
     "cli.model_cmd",
@@ -74,6 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         app(args=args, prog_name="sgma-batch", standalone_mode=True)
+    except Terminated:
+        # SIGTERM: run_mosaic has killed its actors and shut Ray down on the way here. Exit now, past the
+        # interpreter's finalisation, where Ray's core worker aborts (SIGABRT) after a SIGTERM.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(Terminated.exit_code)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes

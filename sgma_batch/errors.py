@@ -6,7 +6,8 @@ line and exits with ``err.exit_code``; ``docs/reliability.md`` lists the codes a
 
 Exit codes: 0 success, 1 unexpected internal error, 2 command-line usage, 3 partial result (the job
 finished but some tiles are degraded or failed), 4 nothing found; 10-19 AOI, 20-29 catalogue and
-search, 30-39 model and checkpoint, 40-49 output store, 50-59 training and chips, 60-69 data/assets.
+search, 30-39 model and checkpoint, 40-49 output store, 50-59 training and chips, 60-69 data/assets;
+143 stopped by SIGTERM (:class:`Terminated`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ class SgmaError(Exception):
 # -- generic outcomes -------------------------------------------------------------------------------
 class UsageError(SgmaError, ValueError):
     exit_code = 2
+
+
+class Terminated(SystemExit):
+    """The process was sent SIGTERM; raised by the run's handler so that every ``finally`` runs (actors
+    killed, Ray shut down) before the process exits with 143, the shell's code for it."""
+
+    exit_code = 143
+
+    def __init__(self) -> None:
+        super().__init__(self.exit_code)
 
 
 class NothingFoundError(SgmaError, LookupError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgma_batch.errors import EmptyDataError, ModalityMismatchError, NothingFoundError, UsageError
+from sgma_batch.errors import EmptyDataError, ModalityMismatchError, NothingFoundError, Terminated, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,10 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
         raise UsageError(f"overlap {spec.overlap_px} px must be smaller than the window {spec.window_px} px")
     if spec.tile_px % 16:
         raise UsageError(f"--tile-px must be a multiple of 16, got {spec.tile_px}")
-    if spec.catalog is not None and (spec.start is None or spec.end is None):
-        raise UsageError(_NO_WINDOW)
     aoi = load_aoi(spec.aoi if isinstance(spec.aoi, str) else tuple(spec.aoi),
                    **({"max_area_km2": spec.max_area_km2} if spec.max_area_km2 else {}))
+    if spec.catalog is not None and (spec.start is None or spec.end is None):
+        raise UsageError(_NO_WINDOW)
     if spec.model is None:
         from sgma_batch.models import default_checkpoint
 
@@ -420,6 +421,21 @@ def _ray_connected() -> bool:
     return ray.is_initialized()
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+class _NoSigtermWarning(logging.Filter):
+    """Drops ray.init's warning that it set no SIGTERM handler off the main thread (:class:`_RaySession`
+    sets it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+_NO_SIGTERM_WARNING = _NoSigtermWarning()
+
+
 class _RaySession:
     """Ray started (``ray.init``) on a thread of its own, so the run can go on preparing meanwhile; shut
     down by :meth:`close`, on the same thread.
@@ -429,6 +445,11 @@ class _RaySession:
     """
 
     def __init__(self, address: str | None) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # What ray.init does on the main thread (and only there): SIGTERM exits through the finally
+            # blocks, so the actors are killed and Ray is shut down instead of the process just vanishing.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_WARNING)
         self._address = address
         self._ready, self._stop = threading.Event(), threading.Event()
         self._error: BaseException | None = None

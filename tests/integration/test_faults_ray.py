@@ -58,6 +58,14 @@ def _committed(out: Path) -> int:
     return sum(1 for _ in d.glob("*.json")) if d.is_dir() else 0
 
 
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_driver_sigkill_then_rerun_recomputes_only_uncommitted_tiles(archive, checkpoint, reference, tmp_path):
     out = tmp_path / "killed.zarr"
     total = len(rh.manifest(reference))
@@ -126,4 +134,34 @@ def test_worker_loss_mid_run_completes_bitwise_identical(ray_local, archive, che
     assert [c.split("(")[0].split()[0] for _, c in killed] == ["ray::_TileActor.run", "ray::_ReadActor.read"], killed
     assert s.tiles == total and s.failed == 0 and s.degraded == 0 and s.exit_code == 0
     assert len(rh.manifest(out)) == total
+    rh.assert_same_store(reference, out)
+
+
+def test_driver_sigterm_exits_cleanly_and_takes_ray_down(archive, checkpoint, reference, tmp_path):
+    """SIGTERM (a pod being stopped, ``timeout``) mid-run: the driver exits with 143 through its cleanup, so
+    no Ray process outlives it, and a rerun completes the store bitwise identical to an undisturbed run."""
+    out = tmp_path / "terminated.zarr"
+    total = len(rh.manifest(reference))
+    proc = _start(_args(archive, checkpoint, out))
+    tree: list[int] = []
+    try:
+        rh.wait_for(lambda: _committed(out) >= 3 or proc.poll() is not None, 240, "the first committed tiles")
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        tree = rh.descendants(proc.pid)
+        assert any(rh.cmdline(p).startswith("ray::") for p in tree)  # its actors are running
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        # -15 would mean the default action: killed on the spot, no cleanup; 143 is the handler's exit
+        assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert "SIGTERM handler is not set" not in stderr
+        rh.wait_for(lambda: not [p for p in tree if _alive(p)], 60, "the run's Ray processes to exit")
+    finally:
+        proc.kill()
+        rh.kill_pids(tree)
+    done_before = _committed(out)
+    assert 3 <= done_before < total
+
+    r = rh.cli(*_args(archive, checkpoint, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["reused"] == done_before
     rh.assert_same_store(reference, out)
