@@ -1,5 +1,5 @@
-"""Process loss on real local Ray: the `sgma-batch run` driver SIGKILLed mid-run, and Ray worker processes
-(the inference actor, which also runs the fused read step) killed mid-run. Every case must end with a
+"""Process loss on real local Ray: the `sgma-batch run` driver SIGKILLed or sent SIGTERM mid-run, and Ray
+worker processes (an inference actor, a reader actor) killed mid-run. Every case must end with a
 store bitwise identical to an undisturbed run, and a rerun after a driver loss recomputes only the tiles
 that had not been committed (the summary says how many).
 """
@@ -151,7 +151,8 @@ def test_driver_sigterm_exits_cleanly_and_takes_ray_down(archive, checkpoint, re
         assert any(rh.cmdline(p).startswith("ray::") for p in tree)  # its actors are running
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
-        # -15 would mean the default action: killed on the spot, no cleanup; 143 is the handler's exit
+        # -15: the default action (killed on the spot, no cleanup); -6: Ray's abort in the interpreter's
+        # finalisation; 143: the cleanup ran and the CLI exited
         assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
         assert "SIGTERM handler is not set" not in stderr
         rh.wait_for(lambda: not [p for p in tree if _alive(p)], 60, "the run's Ray processes to exit")
