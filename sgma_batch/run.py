@@ -218,13 +218,14 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
     t0 = time.perf_counter()
-    session: list[_RaySession] = []
+    session: _RaySession | None = None
 
     def start_ray() -> None:
+        nonlocal session
         # A fresh store computes every tile: start Ray now, so ray.init overlaps the search and planning. A
         # rerun may have nothing to do, so it starts Ray only once it knows there are tiles to compute.
         if spec.executor == "ray" and not Path(spec.out).exists() and not _ray_connected():
-            session.append(_RaySession(spec.address))
+            session = _RaySession(spec.address)
 
     try:
         prep = _prepare(spec, on_checked=start_ray)
@@ -259,19 +260,19 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         elif spec.executor == "sequential":
             records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
         else:
-            if not session and not _ray_connected():
-                session.append(_RaySession(spec.address))
-            if session:
-                session[0].wait()
+            if session is None and not _ray_connected():
+                session = _RaySession(spec.address)
+            if session is not None:
+                session.wait()
             records = execute_ray(
                 todo, cfg, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor,
                 batch_size=spec.batch_size, on_record=on_record, order_seed=spec.task_order_seed)
-        if session:
-            session[0].close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
+        if session is not None:
+            session.close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
         finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
     finally:
-        if session:
-            session[0].close()
+        if session is not None:
+            session.close()
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
     if records and counts["nodata"] == len(records) and not done:
         raise EmptyDataError(

@@ -10,6 +10,8 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,24 @@ def _committed(out: Path) -> int:
     return sum(1 for _ in d.glob("*.json")) if d.is_dir() else 0
 
 
+@contextmanager
+def _mid_run(args: list[str], out: Path) -> Iterator[tuple[subprocess.Popen, list[int]]]:
+    """The CLI started on ``args``, once it has committed 3 tiles of ``out``: (its process, its descendant
+    processes). On exit whatever is left of both is killed (processes this test started)."""
+    proc = _start(args)
+    tree: list[int] = []
+    try:
+        rh.wait_for(lambda: _committed(out) >= 3 or proc.poll() is not None, 240, "the first committed tiles")
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        tree = rh.descendants(proc.pid)
+        yield proc, tree
+    finally:
+        proc.kill()
+        if not proc.stdout.closed:  # not yet read by the test's own communicate()
+            proc.communicate(timeout=30)
+        rh.kill_pids(tree)
+
+
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting to be reaped)."""
     try:
@@ -69,18 +89,9 @@ def _alive(pid: int) -> bool:
 def test_driver_sigkill_then_rerun_recomputes_only_uncommitted_tiles(archive, checkpoint, reference, tmp_path):
     out = tmp_path / "killed.zarr"
     total = len(rh.manifest(reference))
-    proc = _start(_args(archive, checkpoint, out))
-    tree: list[int] = []
-    try:
-        rh.wait_for(lambda: _committed(out) >= 3 or proc.poll() is not None, 240, "the first committed tiles")
-        assert proc.poll() is None, "the run finished before it could be killed"
-        tree = rh.descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)  # the driver only; its local Ray goes down with it
+    with _mid_run(_args(archive, checkpoint, out), out) as (proc, _):
+        proc.send_signal(signal.SIGKILL)  # the driver only; its local Ray goes down with it (the rest: _mid_run)
         proc.wait(timeout=30)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
-        rh.kill_pids(tree)  # whatever of that Ray instance outlived its driver (processes this test started)
     assert proc.returncode == -signal.SIGKILL
     done_before = _committed(out)
     assert 3 <= done_before < total
@@ -142,12 +153,7 @@ def test_driver_sigterm_exits_cleanly_and_takes_ray_down(archive, checkpoint, re
     no Ray process outlives it, and a rerun completes the store bitwise identical to an undisturbed run."""
     out = tmp_path / "terminated.zarr"
     total = len(rh.manifest(reference))
-    proc = _start(_args(archive, checkpoint, out))
-    tree: list[int] = []
-    try:
-        rh.wait_for(lambda: _committed(out) >= 3 or proc.poll() is not None, 240, "the first committed tiles")
-        assert proc.poll() is None, "the run finished before it could be stopped"
-        tree = rh.descendants(proc.pid)
+    with _mid_run(_args(archive, checkpoint, out), out) as (proc, tree):
         assert any(rh.cmdline(p).startswith("ray::") for p in tree)  # its actors are running
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
@@ -156,9 +162,6 @@ def test_driver_sigterm_exits_cleanly_and_takes_ray_down(archive, checkpoint, re
         assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
         assert "SIGTERM handler is not set" not in stderr
         rh.wait_for(lambda: not [p for p in tree if _alive(p)], 60, "the run's Ray processes to exit")
-    finally:
-        proc.kill()
-        rh.kill_pids(tree)
     done_before = _committed(out)
     assert 3 <= done_before < total
 
