@@ -35,13 +35,27 @@ def register(app: typer.Typer) -> None:
             None, "--signer", help="Sign asset hrefs at read time: planetary-computer or module:function."
         ),
         out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
-        address: str | None = typer.Option(None, "--address", help="Ray address: auto, ray://host:10001; default local."),
-        max_actors: int | None = typer.Option(None, "--max-actors", help="Inference actors (default: one per GPU, else one per CPU)."),
+        address: str | None = typer.Option(
+            None, "--address", help="Ray cluster to run on: auto, ray://host:10001 (default: this process, no Ray)."
+        ),
+        executor: str = typer.Option(
+            "auto", "--executor",
+            help="auto (Ray with --address, else this process), local (this process, threads), ray, sequential.",
+        ),
+        max_actors: int | None = typer.Option(
+            None, "--max-actors", help="Inference actors / forward threads (default: one per GPU, else one per CPU)."
+        ),
         gpus_per_actor: float | None = typer.Option(
             None, "--gpus-per-actor", help="GPUs per inference actor (default: 1 when the cluster has GPUs, else 0)."
         ),
         tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
-        halo_px: int = typer.Option(64, "--halo-px", help="Context read around each tile core."),
+        halo_px: int = typer.Option(32, "--halo-px", help="Context read and forwarded around each tile core."),
+        window_px: int | None = typer.Option(
+            None, "--window-px", help="Sliding windows of this size, blended (default: each halo tile in one forward)."
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Tiles per forward (default: 1 on a CPU, sized to its memory on a GPU)."
+        ),
         res: float = typer.Option(10.0, "--res", help="Pixel size in CRS units (metres)."),
         crs: str | None = typer.Option(None, "--crs", help="Output CRS, e.g. EPSG:3035 (default: UTM of the AOI)."),
         max_area_km2: float | None = typer.Option(
@@ -49,7 +63,7 @@ def register(app: typer.Typer) -> None:
         ),
         zarr_format: int = typer.Option(3, "--zarr-format", help="3, or 2 for GDAL < 3.11 readers."),
         probability: bool = typer.Option(False, "--probability", help="Also store per-class probabilities (float16)."),
-        sequential: bool = typer.Option(False, "--sequential", help="Run in this process without Ray (tiny jobs)."),
+        sequential: bool = typer.Option(False, "--sequential", help="One tile at a time in this process (= --executor sequential)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only plan: what would be computed/reused (= plan)."),
     ) -> None:
@@ -66,8 +80,9 @@ def register(app: typer.Typer) -> None:
                 aoi=aoi, start=start, end=end, catalog=catalog, model=model, out=out, address=address,
                 max_actors=max_actors, gpus_per_actor=gpus_per_actor,
                 collections=collections, signer=signer,
-                tile_px=tile_px, halo_px=halo_px, res_m=res, crs=crs, zarr_format=zarr_format,
-                write_probability=probability, executor="sequential" if sequential else "ray",
+                tile_px=tile_px, halo_px=halo_px, window_px=window_px, batch_size=batch_size, res_m=res, crs=crs,
+                zarr_format=zarr_format, write_probability=probability,
+                executor="sequential" if sequential else executor,
                 cache_dir=str(_cache_dir()), max_area_km2=max_area_km2,
             )
         except ValidationError as exc:
@@ -87,7 +102,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(
                 f"{summary.store}: {summary.tiles} tiles, {summary.reused} reused, {summary.computed} computed, "
                 f"{summary.nodata} nodata, {summary.degraded} degraded, {summary.failed} failed "
-                f"({summary.area_km2:.1f} km2 in {summary.seconds:.1f} s)",
+                f"({summary.area_km2:.1f} km2 in {summary.seconds:.1f} s, {summary.executor} executor"
+                + (f", model work {summary.model_work_per_px:.2f} px per output px)"
+                   if summary.model_work_per_px is not None else ")"),
                 err=True,
             )
         raise typer.Exit(summary.exit_code)
@@ -153,6 +170,8 @@ def _print_plan(plan: object, as_json: bool) -> None:
         typer.echo(json.dumps(d))
         return
     est = f", about {d['estimate_s']:.0f} s of model time here" if d["estimate_s"] is not None else ""
+    if d.get("model_work_per_px") is not None:
+        est += f", model work {d['model_work_per_px']:.2f} px per output px"
     typer.echo(
         f"{d['store']}: {d['tiles']} tiles ({d['area_km2']:.1f} km2), {d['compute']} to compute, {d['reuse']} reused"
         f"{est}\n  scenes: {_kv(d['scenes'])}\n  tiles with: {_kv(d['tiles_with'])}"

@@ -1,33 +1,19 @@
-"""Execute a tile plan: read (CPU tasks) -> infer on actors (model loaded once) -> write + commit.
+"""Execute a tile plan: read -> infer (model loaded once) -> write + commit, one chunk per tile.
 
-Two executors share every per-tile function, so they produce bitwise-identical stores:
+Three executors share every per-tile function (:func:`read_tile`, :class:`TileRunner`), so they produce
+bitwise-identical stores:
 
-* :func:`execute_ray` (the default): two pools of Ray actors fed by the driver. Readers
-  (:class:`_ReadActor`) are long-lived, so each keeps its open datasets and GDAL block cache from tile to
-  tile; inference actors (:class:`_TileActor`) load the model once. A finished read's arrays go through
-  the object store to the least-loaded inference actor without a copy, and the driver bounds the tiles
-  read ahead, so memory stays O(tile). :func:`plan_pool` sizes the pools: CPU actors one per CPU (so
-  inference uses every core; the OS shares the cores with the readers), GPU actors one per GPU; readers
-  one per inference actor or two per CPU the actors leave, each asking for less CPU than an actor, with
-  CPUs kept out of the actor pool for them (ray #44687). A dead process is restarted by Ray and the calls
-  queued on it rerun. This replaced a Ray Data pipeline (``map`` reads into ``map_batches`` on an actor
-  pool), which cost 20 % more CPU on 2 cores: Arrow blocks of pickled tiles, helper actors, and read
-  tasks landing on fresh workers with cold caches (docs/performance.md, run 6).
-* :func:`execute_sequential`: the same functions in-process, for tiny jobs and tests.
+* :func:`execute_local` (the default on one machine): this process, reader threads feeding forward
+  threads that share one model; no Ray to start, one copy of the model and of the read stack.
+* :func:`sgma_batch.execute_ray.execute_ray` (with a cluster): pools of Ray reader and inference actors.
+* :func:`execute_sequential`: one tile after another in this process, for tests and debugging.
 
-Writing stays in the inference actor, on purpose: a tile's write is one chunk per variable (uint8),
-the actor is the chunk's only writer, and no result array travels through the object store or the
-driver, only a small record. Measured on CPU actors (``timing`` in the manifest records) the write is
-about 5% of the actor's time (median 0.01-0.03 s against 0.15-0.5 s of inference per 96 px tile), so a
-separate write stage would move every result through the object store to save little. On fast GPUs
-the share grows; overlapping a tile's write with the next tile's inference inside the actor is the
-step to take if GPU timings show it.
-
-Tiles are ordered by modality signature so that a batch holds tiles with the same inputs, then in Z
-order so that consecutive tiles overlap the same source blocks; each reader takes a contiguous run of
-that order. Each tile's
-windows are forwarded as one fixed set of batches (see :func:`sgma_batch.blend.blend_windows`), so a
-tile's result never depends on which tiles share its batch or actor.
+A tile's halo box goes through the model once and is cropped to its core (see :class:`TileRunner`).
+Tiles are ordered by modality signature, then in Z order, so that consecutive tiles share their inputs'
+modalities (what a batch must share) and overlap the same source blocks (what a reader's cache holds).
+The write stays with the forward, on purpose: a tile's write is one chunk per variable, and the worker
+is the chunk's only writer; measured (``timing`` in the manifest records) it is a few per cent of the
+forward on a CPU.
 """
 
 from __future__ import annotations
@@ -50,8 +36,8 @@ from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile,
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "InferenceConfig", "Normalisation", "PoolPlan", "TileInputs", "TileRunner", "execute_ray", "execute_sequential", "plan_pool",
-    "read_tile",
+    "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "batch_key", "execute_local", "execute_sequential",
+    "local_workers", "order_by_signature", "read_tile",
 ]
 
 
@@ -63,9 +49,9 @@ class InferenceConfig:
     store: str
     layout: StoreLayout
     aoi_wkt: str  # the AOI polygon in the grid CRS (pixels outside are nodata)
-    window_px: int = 256
-    overlap_px: int = 64
-    max_batch: int = 16
+    window_px: int | None = None  # None: a tile's halo box in one forward; else sliding windows of this size
+    overlap_px: int = 64  # of sliding windows
+    max_batch: int = 16  # sliding windows per forward
     threads: int = 1  # torch intra-op threads per worker
     read_retries: int = 3
     read_backoff_s: float = 0.5
@@ -143,8 +129,20 @@ def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
     return TileInputs(task, inputs, masks, used, errors, time.perf_counter() - t0)
 
 
+def batch_key(tile: TileInputs) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """What tiles must share to be forwarded in one batch: the modalities present, and the halo shape."""
+    return tuple(sorted(tile.inputs)), tuple(tile.task.halo.shape.yx)
+
+
 class TileRunner:
-    """Loads the model once; turns :class:`TileInputs` into committed store chunks."""
+    """Loads the model once; turns :class:`TileInputs` into committed store chunks.
+
+    With ``cfg.window_px`` None (the default) a tile's halo box is forwarded once, as one window, and the
+    prediction is cropped to the core: model work per output pixel is (1 + 2 halo / tile)^2 (1.27 at the
+    512 / 32 px defaults), and tiles of one :func:`batch_key` go through the model together. With a
+    ``window_px`` smaller than the halo tile, the tile is predicted window by window on the grid-wide
+    lattice and blended (:func:`sgma_batch.blend.blend_windows`).
+    """
 
     def __init__(self, cfg: InferenceConfig, device: str | None = None) -> None:
         import torch
@@ -169,28 +167,78 @@ class TileRunner:
         probs = torch.softmax(out.logits.float(), dim=1)  # (B, K, h, w)
         return probs, out.robustness.float(), out.valid  # (B, M, h, w), (B, h, w)
 
-    def infer(self, tile: TileInputs) -> TileArrays:
-        """Blend the tile's windows and build the core's output arrays (AOI and validity applied)."""
+    def auto_batch(self, tasks: Sequence[TileTask]) -> int:
+        """Tiles per forward: 1 on a CPU (one thread per forward: no faster per pixel in a batch, measured
+        in docs/performance.md); on a GPU as many full tiles as half its free memory holds, from one probe."""
         import torch
 
-        from sgma_batch.blend import blend_windows, to_uint8
+        if self.device.type != "cuda" or self.cfg.window_px is not None or not tasks:
+            return 1
+        h, w = max(t.halo.shape.yx for t in tasks)
+        xs = {m: torch.zeros((1, n, h, w), device=self.device) for m, n in self.card.band_counts().items()}
+        ms = {m: torch.ones((1, h, w), dtype=torch.bool, device=self.device) for m in xs}
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self._predict(xs, ms)
+        per_tile = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(min(max(free // 2 // per_tile, 1), 64))
+
+    def _to_device(self, arrays: Sequence[np.ndarray]) -> Any:
+        """Stack host arrays into one tensor on the device (pinned and non-blocking on a GPU)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def forward(self, tiles: Sequence[TileInputs]) -> list[Any]:
+        """Predictions (:class:`~sgma_batch.blend.BlendResult`, cropped to each core) of tiles with inputs.
+
+        Whole-tile mode: the tiles must share one :func:`batch_key`; they go through the model as one
+        batch. Each sample of a batch is independent of the others (per-pixel LayerNorm, no BatchNorm), and
+        with one intra-op thread on a CPU its result is bitwise the same in any batch (tested).
+        """
+        from sgma_batch.blend import BlendResult, blend_windows
+
+        if not tiles:
+            return []
+        if self.cfg.window_px is not None:
+            out = []
+            for tile in tiles:
+                xs = {m: self._to_device([x])[0] for m, x in tile.inputs.items()}
+                ms = {m: self._to_device([v])[0] for m, v in tile.masks.items()}
+                out.append(blend_windows(self._predict, xs, ms, window_px=self.cfg.window_px,
+                                         overlap_px=self.cfg.overlap_px, crop=tile.task.crop,
+                                         max_batch=self.cfg.max_batch, origin=tile.task.origin))
+            return out
+        keys = {batch_key(t) for t in tiles}
+        if len(keys) != 1:
+            raise ValueError(f"one batch needs one modality set and halo shape, got {sorted(keys)}")
+        names = sorted(tiles[0].inputs)
+        xb = {m: self._to_device([t.inputs[m] for t in tiles]) for m in names}  # {m: (B, C, H, W)}
+        mb = {m: self._to_device([t.masks[m] for t in tiles]) for m in names}  # {m: (B, H, W)}
+        probs, rob, valid = self._predict(xb, mb)
+        out = []
+        for i, tile in enumerate(tiles):
+            rows, cols = tile.task.crop
+            out.append(BlendResult(probs[i][:, rows, cols], rob[i][:, rows, cols], valid[i][rows, cols]))
+        return out
+
+    def finish(self, tile: TileInputs, res: Any) -> TileArrays:
+        """A core's output arrays from its prediction (AOI and validity applied)."""
+        from sgma_batch.blend import to_uint8
 
         task = tile.task
         h, w = task.core.shape.yx
         mods = self.cfg.layout.modalities
-        k = len(self.cfg.layout.classes)
+        if res is None:
+            return _nodata_arrays(h, w, len(mods), len(self.cfg.layout.classes), self.cfg.layout.write_probability)
         in_aoi = self._geometry_mask([self._aoi], out_shape=(h, w), transform=task.core.transform, invert=True)
+        crop = task.crop
         mask_bits = np.zeros((h, w), np.uint8)
-        if not tile.inputs:
-            return _nodata_arrays(h, w, len(mods), k, self.cfg.layout.write_probability)
-        pad_y = (task.halo.shape.y - h) // 2
-        pad_x = (task.halo.shape.x - w) // 2
-        crop = (slice(pad_y, pad_y + h), slice(pad_x, pad_x + w))
-        xs = {m: torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for m, x in tile.inputs.items()}
-        ms = {m: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for m, v in tile.masks.items()}
-        origin = (task.region[0].start - pad_y, task.region[1].start - pad_x)  # halo's first pixel in the grid
-        res = blend_windows(self._predict, xs, ms, window_px=self.cfg.window_px, overlap_px=self.cfg.overlap_px,
-                            crop=crop, max_batch=self.cfg.max_batch, origin=origin)
         for i, m in enumerate(mods):
             if m in tile.masks:
                 mask_bits |= (tile.masks[m][crop].astype(np.uint8) << i)
@@ -209,8 +257,33 @@ class TileRunner:
             p16[:, ~valid] = np.nan
         return TileArrays(cls, conf, mask_bits, rob, p16)
 
+    def infer(self, tile: TileInputs) -> TileArrays:
+        """Predict one tile and build its core's output arrays."""
+        return self.finish(tile, self.forward([tile])[0] if tile.inputs else None)
+
     def run(self, tile: TileInputs) -> dict[str, Any]:
         """Infer, write the tile's chunk and commit its manifest record; returns the record."""
+        return self.run_batch([tile])[0]
+
+    def run_batch(self, tiles: Sequence[TileInputs]) -> list[dict[str, Any]]:
+        """Forward tiles of one :func:`batch_key` together, then write and commit each; their records.
+
+        A batch whose forward fails is retried tile by tile, so one bad tile fails alone.
+        """
+        todo = [t for t in tiles if t.inputs]
+        t0 = time.perf_counter()
+        try:
+            preds: dict[int, Any] = dict(zip((id(t) for t in todo), self.forward(todo), strict=True))
+        except Exception as exc:  # noqa: BLE001 - isolate the tile that fails, record it as failed
+            if len(todo) > 1:
+                log.warning("a batch of %d tiles failed (%s); running them one by one", len(todo), exc)
+                return [rec for t in tiles for rec in self.run_batch([t])]
+            preds = {id(t): exc for t in todo}
+        share = (time.perf_counter() - t0) / max(len(todo), 1)  # the batch's forward time, per tile
+        return [self._write(t, preds.get(id(t)), share if t.inputs else 0.0) for t in tiles]
+
+    def _write(self, tile: TileInputs, pred: Any, forward_s: float) -> dict[str, Any]:
+        """Write a tile's chunk from its prediction (an exception: the forward failed) and commit it."""
         task = tile.task
         t0 = time.perf_counter()
         record: dict[str, Any] = {
@@ -224,7 +297,9 @@ class TileRunner:
             "error": dict(tile.errors) or None,
         }
         try:
-            arrays = self.infer(tile)
+            if isinstance(pred, Exception):
+                raise pred
+            arrays = self.finish(tile, pred)
             t1 = time.perf_counter()
             write_tile(self.cfg.store, self.cfg.layout, task.region, arrays)
             t2 = time.perf_counter()
@@ -234,7 +309,7 @@ class TileRunner:
                 status = "nodata"
             else:
                 status = "computed"
-            record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(t1 - t0, 4),
+            record["timing"] = {"read_s": round(tile.read_s, 4), "infer_s": round(forward_s + t1 - t0, 4),
                                 "write_s": round(t2 - t1, 4)}
             record["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # provenance: which process wrote it
         except Exception as exc:
@@ -294,248 +369,127 @@ def execute_sequential(
         torch.set_num_threads(prev)
 
 
-# -- Ray -------------------------------------------------------------------------------------------------
-class _ReadActor:
-    """A reader: a long-lived process, so its open datasets and GDAL block cache serve tile after tile
-    (a task per read would land on whichever worker is idle, each with cold caches and its own imports)."""
-
-    def __init__(self, cfg: InferenceConfig, norm: Normalisation) -> None:
-        self.cfg, self.norm = cfg, norm
-
-    def read(self, task: TileTask) -> TileInputs:
-        return read_tile(task, self.norm, self.cfg)
+# -- in-process, threaded ---------------------------------------------------------------------------------
+def local_workers(device: str, threads: int) -> int:
+    """Forward threads of the local executor: one per ``threads`` CPUs usable by this process, one on a GPU."""
+    if device == "cuda":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // max(threads, 1))
 
 
-class _TileActor:
-    """An inference actor: the model is loaded once, in ``__init__``; each call runs one tile."""
-
-    def __init__(self, cfg: InferenceConfig) -> None:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-        self.runner = TileRunner(cfg)
-
-    def ready(self) -> bool:
-        return True
-
-    def run(self, tile: TileInputs) -> dict[str, Any]:
-        return self.runner.run(tile)
-
-
-class _Pool:
-    """Actors and the calls queued on each: at most ``depth`` each, by default to the least-loaded."""
-
-    def __init__(self, actors: list[Any], method: str, depth: int) -> None:
-        self.actors, self.method, self.depth = actors, method, depth
-        self.queued = [0] * len(actors)
-        self.calls: dict[Any, tuple[int, Any]] = {}  # call ref -> (actor index, argument held until done)
-
-    def has_room(self) -> bool:
-        return min(self.queued) < self.depth
-
-    def least_loaded(self) -> int:
-        return self.queued.index(min(self.queued))
-
-    def submit(self, arg: Any, actor: int | None = None) -> None:
-        i = self.least_loaded() if actor is None else actor
-        self.calls[getattr(self.actors[i], self.method).remote(arg)] = (i, arg)
-        self.queued[i] += 1
-
-    def finish(self, ref: Any) -> None:
-        i, _ = self.calls.pop(ref)  # dropping the argument (a read's ref) frees the tile's inputs
-        self.queued[i] -= 1
-
-
-#: Fraction of the logical CPUs that CPU inference actors take; the rest is admission for the read tasks.
-ACTOR_CPU_SHARE = 0.75
-
-#: Restarts of a reader or inference actor whose process died; its queued tiles are run again each time.
-ACTOR_RESTARTS = 3
-
-#: Seconds the inference actors may take to start (placement and model load) before the run fails.
-ACTOR_START_TIMEOUT_S = 300
-
-
-@dataclass(frozen=True)
-class PoolPlan:
-    """Resources of the two actor pools, decided once from the cluster's resources.
-
-    ``read_tasks`` is the number of reader actors, each with ``read_cpus``; reads are what the inference
-    actors wait on, so they never share an actor with inference (which would read, then infer, serially).
-    """
-
-    actors: int
-    actor_cpus: float
-    actor_gpus: float
-    read_cpus: float
-    read_tasks: int
-
-
-def plan_pool(
-    cluster_cpus: float,
-    cluster_gpus: float,
-    n_tasks: int,
-    *,
-    threads: int = 1,
-    max_actors: int | None = None,
-    gpus_per_actor: float | None = None,
-) -> PoolPlan:
-    """Actor pool and read-task resources for a cluster (pure; unit-tested).
-
-    ``gpus_per_actor`` None = one GPU per actor when the cluster has GPUs, CPU actors otherwise. Asking
-    for GPUs on a cluster without any fails now instead of waiting forever for the pool to start.
-
-    Raises:
-        UsageError: GPUs requested but the cluster has none.
-    """
-    from sgma_batch.errors import UsageError
-
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if cluster_gpus >= 1 else 0.0
-    if gpus_per_actor > 0 and cluster_gpus < gpus_per_actor:
-        raise UsageError(
-            f"{gpus_per_actor:g} GPU per actor asked for, but the Ray cluster has {cluster_gpus:g} GPUs; "
-            "leave --gpus-per-actor unset (CPU actors) or connect to a cluster with GPUs"
-        )
-    cpus = max(float(cluster_cpus), 1.0)
-    if gpus_per_actor > 0:
-        # GPU actors: one CPU each to feed its GPU (less when CPUs are short), the rest for reads.
-        spare = cpus - min(1.0, cpus / 2)  # keep CPUs for the reads, or the pool can starve them (ray #44687)
-        slots = int(cluster_gpus // gpus_per_actor)
-        actors = min(max_actors or slots, slots, max(int(spare), 1))
-        actor_cpus = min(1.0, spare / actors)
-    else:
-        # CPU actors: one per ``threads`` CPUs, so inference can use every core. The reads take the rest of
-        # the CPU time: a quarter of the logical CPUs is left to them, and the OS shares the cores between
-        # the actors' and the reads' processes (Ray's CPUs are admission tokens, not pinned cores).
-        actors = max_actors or max(int(cpus // threads), 1)
-        actor_cpus = min(float(threads), ACTOR_CPU_SHARE * cpus / actors)
-    actors = max(min(actors, n_tasks), 1)
-    free = cpus - actors * actor_cpus
-    # Readers: one per actor or two per CPU the actors leave, whichever is more (GPU actors infer fast and
-    # need many reads; a CPU read of a 256 px tile is ~1/8 of its inference, and on 2 CPUs two reads in
-    # flight beat four: 49 tiles in 27.7 s vs 30.7 s), sharing the CPUs the actors leave.
-    read_tasks = max(1, min(max(actors, int(2 * free)), int(2 * cpus), n_tasks))
-    read_cpus = min(0.5, actor_cpus / 2, free / read_tasks)
-    return PoolPlan(actors, actor_cpus, gpus_per_actor, read_cpus, read_tasks)
-
-
-def execute_ray(
+def execute_local(
     tasks: Sequence[TileTask],
     cfg: InferenceConfig,
     *,
-    max_actors: int | None = None,
-    gpus_per_actor: float | None = None,
-    batch_size: int = 2,
+    workers: int | None = None,
+    readers: int | None = None,
+    batch_size: int | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     order_seed: int | None = None,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
+    """Run the plan in this process: reader threads feed forward threads that share one model.
 
-    ``pool.read_tasks`` reader actors read tiles in plan order, two queued on each; a finished read goes
-    to the inference actor with the fewest tiles queued, each holding at most ``batch_size`` (one running,
-    the rest waiting, so an actor never idles between tiles), and at most that many tiles are read ahead.
-    The read's arrays travel through the object store to the actor without a copy; only the tile's small
-    record comes back. A reader or inference actor whose process dies is restarted by Ray (a model
-    reloaded) and the calls queued on it run again (``ACTOR_RESTARTS``); rewriting a tile writes the same
-    bytes. The actors are killed when the run ends or fails. ``order_seed`` shuffles the task order for
-    determinism tests.
+    No Ray: nothing to start, one copy of the model and of the read stack, no object store. GDAL and torch
+    release the GIL, so ``workers`` forward threads of ``cfg.threads`` intra-op threads each (default:
+    every CPU; one on a GPU) run the model in parallel while ``readers`` threads read ahead (default: one
+    per two forward threads on a CPU, where a read costs a tenth of a forward; more on a GPU, where reads
+    are what the model waits for). At most ``workers x batch + readers`` tiles are read ahead, so memory
+    stays O(tile). Each worker forwards up to ``batch_size`` ready tiles of one :func:`batch_key` at once
+    (default 1 on a CPU, sized to the GPU's memory on a GPU), then writes and commits each.
+
+    A tile's result does not depend on the thread, the batch or the order (one intra-op thread per worker
+    on a CPU: bitwise identical to :func:`execute_sequential` and the Ray executor).
     """
-    import ray
+    import queue
+    import threading
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    import torch
 
     if not tasks:
         return []
-    resources = ray.cluster_resources()
-    pool = plan_pool(resources.get("CPU", 1), resources.get("GPU", 0), len(tasks), threads=cfg.threads,
-                     max_actors=max_actors, gpus_per_actor=gpus_per_actor)
-    log.info("ray pool: %s", pool)
-    from sgma_model import read_card
+    runner = TileRunner(cfg, device)
+    dev = runner.device.type
+    n_workers = workers or local_workers(dev, cfg.threads)
+    n_readers = readers or (max(1, len(os.sched_getaffinity(0)) - 1) if dev == "cuda" else max(1, n_workers // 2))
+    batch = batch_size or runner.auto_batch(tasks)
+    log.info("local executor: %d forward threads x %d torch threads, %d readers, batch %d, on %s",
+             n_workers, cfg.threads, n_readers, batch, runner.device)
+    ordered = iter(order_by_signature(tasks, order_seed))
+    ready: deque[Future] = deque()  # finished reads, oldest first
+    cond = threading.Condition()
+    stop = threading.Event()
+    results: queue.Queue = queue.Queue()
 
-    norm = Normalisation.from_card(read_card(cfg.checkpoint))
-    restart = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
-    reader_cls = ray.remote(_ReadActor).options(num_cpus=pool.read_cpus, **restart)
-    tile_cls = ray.remote(_TileActor).options(num_cpus=pool.actor_cpus, num_gpus=pool.actor_gpus, **restart)
-    # constructor arguments by value: a restarted actor needs them again (ray #53727)
-    readers = _Pool([reader_cls.remote(cfg, norm) for _ in range(pool.read_tasks)], "read", depth=2)
-    infer = _Pool([tile_cls.remote(cfg) for _ in range(pool.actors)], "run", depth=max(1, batch_size))
-    try:
-        if pool.actor_gpus > 0 and pool.actors > 1:
-            # Several GPU actors: start the whole pool (models on their GPUs) before tiles flow, so a pool the
-            # cluster cannot place fails with a timeout instead of waiting for ever. CPU actors (sized from
-            # this cluster's own CPUs) and a single actor: no wait, the reads run while the models load.
-            _wait_ready(infer.actors)
-        records = _stream(tasks, readers, infer, order_seed, on_record)
-    finally:
-        for a in (*readers.actors, *infer.actors):  # free their CPUs and GPUs on a shared cluster at once
-            ray.kill(a)
-    log.info("ray executor: %d tiles, %d readers, %d inference actors", len(tasks), len(readers.actors),
-             len(infer.actors))
-    return records
+    def on_read(fut: Future) -> None:
+        with cond:
+            ready.append(fut)
+            cond.notify()
 
+    def take() -> list[TileInputs] | None:
+        """The oldest ready tile and up to ``batch - 1`` more of its key; None once stopped."""
+        with cond:
+            while not ready and not stop.is_set():
+                cond.wait(0.5)
+            if stop.is_set():
+                return None
+            first = ready.popleft().result()
+            key, group = batch_key(first), [first]
+            for fut in list(ready):
+                if len(group) == batch:
+                    break
+                if batch_key(fut.result()) == key:
+                    ready.remove(fut)
+                    group.append(fut.result())
+            return group
 
-def _stream(tasks: Sequence[TileTask], readers: _Pool, infer: _Pool, order_seed: int | None,
-            on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
-    """Feed the tiles through the readers into the inference actors; the records as they complete.
+    def work() -> None:
+        torch.set_num_threads(cfg.threads)  # per thread: a new thread starts with torch's default
+        try:
+            while (group := take()) is not None:
+                for rec in runner.run_batch(group):
+                    results.put(rec)
+        except BaseException as exc:  # noqa: BLE001 - a reader's or the runner's own bug: the run ends with it
+            results.put(exc)
 
-    Each reader walks its own contiguous run of the tile order (see :func:`_reader_queues`), so the
-    blocks its GDAL cache holds are the ones its next tile needs.
-    """
-    import ray
-
-    queues = _reader_queues(order_by_signature(tasks, order_seed), len(readers.actors))
-    ready: list[Any] = []  # finished reads' refs, oldest first
-    buffer = len(readers.actors) + len(infer.actors) * infer.depth  # tiles read ahead, at most
+    threads = [threading.Thread(target=work, name=f"sgma-forward-{i}", daemon=True) for i in range(n_workers)]
+    pool = ThreadPoolExecutor(n_readers, thread_name_prefix="sgma-read")
+    look_ahead = n_readers + 2 * n_workers * batch  # tiles being read, ready, or in a forward
     records: list[dict[str, Any]] = []
-    while any(queues) or ready or readers.calls or infer.calls:
-        while readers.has_room() and len(readers.calls) + len(ready) < buffer:
-            i = readers.least_loaded()
-            task = _next_read(queues, i)
+    submitted = 0
+
+    def refill() -> None:
+        nonlocal submitted
+        while submitted - len(records) < look_ahead:
+            task = next(ordered, None)
             if task is None:
-                break
-            readers.submit(task, i)
-        while ready and infer.has_room():
-            infer.submit(ready.pop(0))
-        done, _ = ray.wait([*readers.calls, *infer.calls], num_returns=1)
-        for ref in done:
-            if ref in readers.calls:
-                readers.finish(ref)
-                ready.append(ref)
+                return
+            pool.submit(read_tile, task, runner.card, cfg).add_done_callback(on_read)
+            submitted += 1
+
+    prev = torch.get_num_threads()
+    try:
+        refill()
+        for t in threads:
+            t.start()
+        while len(records) < len(tasks):
+            try:
+                item = results.get(timeout=0.5)  # a timeout, so SIGTERM's handler runs here promptly
+            except queue.Empty:
                 continue
-            infer.finish(ref)
-            rec = ray.get(ref)
-            records.append(rec)
+            if isinstance(item, BaseException):
+                raise item
+            records.append(item)
             if on_record is not None:
-                on_record(rec)
-    return records
-
-
-def _reader_queues(ordered: Sequence[TileTask], n: int) -> list[deque[TileTask]]:
-    """``ordered`` cut into ``n`` contiguous runs of (nearly) equal length, one per reader.
-
-    Handing tiles out in turn instead would give each reader every n-th tile: with two readers on 2 cores
-    that read 0.10 CPU s per tile against 0.064 for a run of neighbours (blocks decoded twice).
-    """
-    k, extra = divmod(len(ordered), n)
-    bounds = [i * k + min(i, extra) for i in range(n + 1)]
-    return [deque(ordered[bounds[i] : bounds[i + 1]]) for i in range(n)]
-
-
-def _next_read(queues: list[deque[TileTask]], reader: int) -> TileTask | None:
-    """The next tile for ``reader``: the head of its own run, else one taken from the end of the longest."""
-    if queues[reader]:
-        return queues[reader].popleft()
-    longest = max(queues, key=len)
-    return longest.pop() if longest else None
-
-
-def _wait_ready(actors: Sequence[Any]) -> None:
-    import ray
-
-    from sgma_batch.errors import UsageError
-
-    refs = [a.ready.remote() for a in actors]
-    done, waiting = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
-    if waiting:
-        raise UsageError(f"{len(waiting)} of {len(refs)} inference actors did not start within "
-                         f"{ACTOR_START_TIMEOUT_S} s; the cluster cannot place them (check its GPUs)")
-    ray.get(done)
+                on_record(item)
+            refill()
+        return records
+    finally:
+        stop.set()
+        with cond:
+            cond.notify_all()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for t in threads:  # a forward in flight finishes its tile (data, then record) or is abandoned
+            t.join(timeout=60 if len(records) == len(tasks) else 1)
+        torch.set_num_threads(prev)

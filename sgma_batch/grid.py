@@ -2,8 +2,8 @@
 
 The output grid is one odc-geo :class:`GeoBox` (CRS, resolution, pixel grid anchored to whole
 multiples of the resolution). It is split into tiles of ``tile_px`` square; a tile's core is exactly
-one output chunk (one writer per chunk), and its halo GeoBox (core padded by ``halo_px``) is what the
-readers load so that windows near the core's edge see context. A :class:`TileTask` is the small frozen
+one output chunk (one writer per chunk), and its halo GeoBox (core padded by ``halo_px``, clipped to the
+grid) is what the readers load and the model sees, so that pixels near the core's edge have context. A :class:`TileTask` is the small frozen
 record that travels through Ray: core + halo GeoBoxes, the candidate scenes per modality and the
 content hash that decides whether a rerun must recompute the tile.
 """
@@ -88,7 +88,9 @@ def tile_grid(geobox: GeoBox, tile_px: int) -> GeoboxTiles:
 class TileTask:
     """One tile of the plan: what a worker needs to read, infer and write it.
 
-    ``region`` is the tile core's (row slice, col slice) in the output grid: exactly one chunk.
+    ``region`` is the tile core's (row slice, col slice) in the output grid: exactly one chunk;
+    ``halo_region`` the halo's, clipped to the grid (so a tile on the grid's edge has no context beyond
+    it: nothing outside the grid is mapped, so nothing there is read or forwarded).
     """
 
     tile_id: str  # "r{row}_c{col}" of the tile index
@@ -98,6 +100,24 @@ class TileTask:
     region: tuple[slice, slice]
     scenes: Mapping[str, tuple[Scene, ...]] = field(default_factory=dict)
     content_hash: str = ""
+    halo_region: tuple[slice, slice] | None = None  # None: the halo is the core padded on every side
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        """(rows, cols) of the core inside the halo tile."""
+        if self.halo_region is None:
+            pad_y = (self.halo.shape.y - self.core.shape.y) // 2
+            pad_x = (self.halo.shape.x - self.core.shape.x) // 2
+        else:
+            pad_y = self.region[0].start - self.halo_region[0].start
+            pad_x = self.region[1].start - self.halo_region[1].start
+        return slice(pad_y, pad_y + self.core.shape.y), slice(pad_x, pad_x + self.core.shape.x)
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """(row, col) of the halo tile's first pixel in the output grid."""
+        rows, cols = self.crop
+        return self.region[0].start - rows.start, self.region[1].start - cols.start
 
     @property
     def signature(self) -> tuple[str, ...]:
@@ -145,7 +165,7 @@ def plan_tiles(
         geobox: the output grid (see :func:`target_geobox`).
         aoi_geometry: shapely geometry (or GeoJSON mapping) in CRS84.
         tile_px: tile core size; equals the output chunk size.
-        halo_px: context read around each core.
+        halo_px: context read around each core (within the grid).
         scenes_for: optional callable ``(core_lonlat_geometry) -> Mapping[str, tuple[Scene, ...]]``
             that ranks the candidate scenes of a cell (``colocate.plan_cell`` behind an adapter).
         model_hash: the checkpoint's hash, part of the content hash.
@@ -157,12 +177,15 @@ def plan_tiles(
     aoi = geom.Geometry(aoi_geometry, "EPSG:4326").to_crs(geobox.crs)
     tasks: list[TileTask] = []
     ny, nx = tiles.shape.yx
+    ny_px, nx_px = geobox.shape.yx
     for iy in range(ny):
         for ix in range(nx):
             core = tiles[iy, ix]
             if not core.extent.intersects(aoi):
                 continue
             ys, xs = tiles.roi[iy, ix]
+            halo_region = (slice(max(ys.start - halo_px, 0), min(ys.stop + halo_px, ny_px)),
+                           slice(max(xs.start - halo_px, 0), min(xs.stop + halo_px, nx_px)))
             tile_id = f"r{iy:04d}_c{ix:04d}"
             scenes: dict[str, tuple[Scene, ...]] = {}
             if scenes_for is not None:
@@ -173,10 +196,11 @@ def plan_tiles(
                     tile_id=tile_id,
                     index=(iy, ix),
                     core=core,
-                    halo=core.pad(halo_px),
+                    halo=geobox[halo_region],
                     region=(ys, xs),
                     scenes=scenes,
                     content_hash=content_hash(tile_id, scenes, model_hash, cfg_hash),
+                    halo_region=halo_region,
                 )
             )
     return tasks

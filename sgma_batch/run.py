@@ -48,20 +48,25 @@ class RunSpec(BaseModel):
     signer: str | None = Field(None, description="href signer applied at read time ('planetary-computer', 'mod:fn')")
     cache_dir: str | None = Field(None, description="where the demo archive is generated when no catalog is given")
     address: str | None = Field(None, description="Ray address; None starts/uses a local Ray")
-    executor: Literal["ray", "sequential"] = "ray"
+    executor: Literal["auto", "local", "ray", "sequential"] = Field(
+        "auto", description="auto: Ray when an address is given, else in this process (threads); "
+        "local: in this process; ray: Ray (local if no address); sequential: one thread, for tests")
     tile_px: int = Field(512, ge=16)
-    halo_px: int = Field(64, ge=0)
+    halo_px: int = Field(32, ge=0)
     res_m: float = Field(10.0, gt=0)
     crs: str | None = None
     zarr_format: Literal[2, 3] = 3
-    window_px: int = Field(256, ge=16)
-    overlap_px: int = Field(64, ge=0)
+    window_px: int | None = Field(
+        None, ge=16, description="None: each tile's halo box in one forward (cropped to the core); else "
+        "sliding windows of this size on the grid-wide lattice, blended")
+    overlap_px: int = Field(64, ge=0, description="overlap of sliding windows (with window_px)")
     write_probability: bool = False
     max_actors: int | None = Field(None, ge=1)
     gpus_per_actor: float | None = Field(
         None, ge=0, description="GPUs per inference actor; None = 1 when the Ray cluster has GPUs, else CPU actors"
     )
-    batch_size: int = Field(2, ge=1)
+    batch_size: int | None = Field(
+        None, ge=1, description="tiles per forward; default 1 on a CPU, sized to the GPU's memory on a GPU")
     threads: int = Field(1, ge=1)
     read_retries: int = Field(3, ge=0, description="retries of a failed asset read (exponential backoff)")
     read_backoff_s: float = Field(0.5, ge=0, description="first backoff delay; doubles per retry")
@@ -84,6 +89,8 @@ class RunSummary:
     seconds: float
     scenes: dict[str, int] = field(default_factory=dict)
     created: bool = True
+    executor: str = ""
+    model_work_per_px: float | None = None  # pixels forwarded per output pixel (AOI) of the computed tiles
 
     @property
     def exit_code(self) -> int:
@@ -98,8 +105,10 @@ def _output_config(spec: RunSpec, aoi_wkb: bytes) -> dict[str, Any]:
     """The knobs that change output values: part of every tile's content hash."""
     return {
         "res_m": spec.res_m, "crs": spec.crs, "tile_px": spec.tile_px, "halo_px": spec.halo_px,
-        "window_px": spec.window_px, "overlap_px": spec.overlap_px, "probability": spec.write_probability,
-        "windows": "grid-lattice",  # window placement (sgma_batch.blend.lattice_starts)
+        "window_px": spec.window_px, "overlap_px": spec.overlap_px if spec.window_px else None,
+        "probability": spec.write_probability,
+        # window placement: the halo tile in one forward, or sliding windows (sgma_batch.blend.lattice_starts)
+        "windows": "grid-lattice" if spec.window_px else "halo-tile",
         "aoi": hashlib.sha256(aoi_wkb).hexdigest(), "start": spec.start, "end": spec.end,
     }
 
@@ -144,7 +153,7 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
     from sgma_batch.store import StoreLayout
     from sgma_model import read_card
 
-    if spec.overlap_px >= spec.window_px:
+    if spec.window_px is not None and spec.overlap_px >= spec.window_px:
         raise UsageError(f"overlap {spec.overlap_px} px must be smaller than the window {spec.window_px} px")
     if spec.tile_px % 16:
         raise UsageError(f"--tile-px must be a multiple of 16, got {spec.tile_px}")
@@ -214,17 +223,19 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from datetime import datetime
 
     from sgma_batch import __version__
-    from sgma_batch.execute import InferenceConfig, execute_ray, execute_sequential
+    from sgma_batch.execute import InferenceConfig, execute_local, execute_sequential
+    from sgma_batch.execute_ray import execute_ray
     from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
     t0 = time.perf_counter()
     session: _RaySession | None = None
+    executor = resolve_executor(spec)
 
     def start_ray() -> None:
         nonlocal session
         # A fresh store computes every tile: start Ray now, so ray.init overlaps the search and planning. A
         # rerun may have nothing to do, so it starts Ray only once it knows there are tiles to compute.
-        if spec.executor == "ray" and not Path(spec.out).exists() and not _ray_connected():
+        if executor == "ray" and not Path(spec.out).exists() and not _ray_connected():
             session = _RaySession(spec.address)
 
     try:
@@ -257,8 +268,11 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
 
         if not todo:
             records: list[dict[str, Any]] = []
-        elif spec.executor == "sequential":
+        elif executor == "sequential":
             records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
+        elif executor == "local":
+            records = execute_local(todo, cfg, workers=spec.max_actors, batch_size=spec.batch_size,
+                                    on_record=on_record, order_seed=spec.task_order_seed)
         else:
             if session is None and not _ray_connected():
                 session = _RaySession(spec.address)
@@ -283,7 +297,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         store=str(spec.out), tiles=len(tasks), reused=len(done), computed=counts["computed"],
         degraded=counts["degraded"], failed=counts["failed"], nodata=counts["nodata"],
         area_km2=round(aoi.area_km2, 4), seconds=round(time.perf_counter() - t0, 3),
-        scenes={m: len(v) for m, v in prep.scenes.items()}, created=created,
+        scenes={m: len(v) for m, v in prep.scenes.items()}, created=created, executor=executor,
+        model_work_per_px=model_work_per_px(todo, aoi_grid, spec),
     )
 
 
@@ -310,6 +325,7 @@ class RunPlan:
     bytes_upper: int  # every candidate scene read (cloudy optical: the composite reads further scenes)
     model_px_per_s: float | None  # measured forward throughput of the checkpoint on this machine
     estimate_s: float | None  # model-bound time for the tiles to compute (windows incl. overlap and halo)
+    model_work_per_px: float | None = None  # pixels forwarded per output (AOI) pixel of the tiles to compute
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -360,7 +376,6 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
     Raises:
         NothingFoundError, StoreIncompatibleError: as :func:`run_mosaic`.
     """
-    from sgma_batch.blend import lattice_starts
     from sgma_batch.store import check_store, read_manifest, tile_records_done
 
     prep = _prepare(spec)
@@ -380,15 +395,9 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
                 n = sum(_asset_bytes(a, m, t.halo) for b, a in scene.assets.items())
                 upper += n
                 best += n if i == 0 else 0
-        if t.signature:  # the windows TileRunner.infer predicts: on the grid lattice, touching the core
-            stride = spec.window_px - spec.overlap_px
-            n = 1
-            for size, core, start in zip(t.halo.shape.yx, t.core.shape.yx, (t.region[0].start, t.region[1].start)):
-                pad = (size - core) // 2
-                n *= len(lattice_starts(max(size, spec.window_px), spec.window_px, stride, offset=start - pad,
-                                        lo=pad, hi=pad + core))
-            windows += n
-    rate = _measure_model(prep.model_path, spec.window_px, min(spec.batch_size * 4, 8), spec.threads) \
+        windows += model_pixels(t, spec.window_px, spec.overlap_px)
+    window = spec.window_px or max(max(t.halo.shape.yx) for t in todo) if todo else 0
+    rate = _measure_model(prep.model_path, window, 1 if spec.window_px is None else 8, spec.threads) \
         if measure and todo else None
     g = prep.geobox
     return RunPlan(
@@ -399,8 +408,46 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
         scenes={m: len(v) for m, v in prep.scenes.items()}, tiles_with=tiles_with,
         signatures=dict(sorted(signatures.items())), bytes_to_read=best, bytes_upper=upper,
         model_px_per_s=round(rate, 1) if rate else None,
-        estimate_s=round(windows * spec.window_px**2 / rate, 2) if rate else None,
+        estimate_s=round(windows / rate, 2) if rate else None,
+        model_work_per_px=model_work_per_px(todo, aoi_in_grid_crs(prep.aoi.geometry, g), spec),
     )
+
+
+def resolve_executor(spec: RunSpec) -> str:
+    """``auto``: Ray when there is a cluster to use (``--address``, ``RAY_ADDRESS`` as a submitted Ray job
+    has it, or a Ray already connected), else this process. On one machine the in-process executor does
+    what local Ray does (every core or the GPU busy, reads overlapped) without Ray's start-up (3-10 s), its
+    daemons' CPU and memory, or a second copy of the model per core (docs/performance.md)."""
+    import os
+
+    if spec.executor != "auto":
+        return spec.executor
+    return "ray" if spec.address or os.environ.get("RAY_ADDRESS") or _ray_connected() else "local"
+
+
+def model_pixels(task: Any, window_px: int | None, overlap_px: int) -> int:
+    """Pixels a tile puts through the model: its halo tile, or its sliding windows on the lattice."""
+    from sgma_batch.blend import lattice_starts
+
+    if not task.signature:
+        return 0
+    if window_px is None:
+        return task.halo.shape.y * task.halo.shape.x
+    n = 1
+    for size, span, origin in zip(task.halo.shape.yx, task.crop, task.origin):
+        n *= len(lattice_starts(max(size, window_px), window_px, window_px - overlap_px, offset=origin,
+                                lo=span.start, hi=span.stop))
+    return n * window_px * window_px
+
+
+def model_work_per_px(tasks: list[Any], aoi_grid: Any, spec: RunSpec) -> float | None:
+    """Model work per output pixel: pixels forwarded / pixels of the AOI inside the tiles' cores."""
+    from shapely.geometry import box
+
+    out_px = sum(aoi_grid.intersection(box(*t.core.extent.boundingbox.bbox)).area for t in tasks) / spec.res_m**2
+    if not out_px:
+        return None
+    return round(sum(model_pixels(t, spec.window_px, spec.overlap_px) for t in tasks) / out_px, 3)
 
 
 def aoi_in_grid_crs(geometry: Any, geobox: Any) -> Any:

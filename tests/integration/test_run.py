@@ -36,7 +36,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sgma_batch.execute")
+    caplog.set_level(logging.INFO, logger="sgma_batch.execute_ray")
     out = tmp_path / "mosaic.zarr"
     events = []
     s1 = run_mosaic(_spec(archive, checkpoint, out), progress=lambda d, n, r: events.append((d, n)))

@@ -1,7 +1,8 @@
 """Seamlessness with a real (untrained, seeded) SGMA model: a tiled mosaic vs whole-area predictions.
 
 The mosaic is 3 x 2 chunks of 128 px, each predicted from its own halo tile with overlapping Hann-
-weighted windows placed on the grid-wide window lattice. References: (a) one sliding-window pass
+weighted windows placed on the grid-wide window lattice (``--window-px``; the default forwards each
+halo tile whole, tested in test_run_halo_tiles.py). References: (a) one sliding-window pass
 over the whole area as a single tile, which the mosaic must reproduce (so chunk borders add nothing);
 (b) one forward of the whole area in a single large window: SGMA pools soft class prototypes per
 window, so this differs a little everywhere, but within a small bound and with no extra jump at chunk
@@ -44,13 +45,14 @@ def _spec(catalog: Path, checkpoint: Path, out: Path, **kw) -> RunSpec:
 
 
 def _whole_area(spec: RunSpec, *, single_window: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(probability (K, H, W), class (H, W)) of the whole grid (+ the same halo) predicted as one tile."""
+    """(probability (K, H, W), class (H, W)) of the whole grid predicted as one tile (halos end at the grid's
+    edge, as the tiles' do)."""
     prep = _prepare(spec)
     g = prep.geobox
     scenes = plan_cell(g.extent.to_crs("EPSG:4326").geom, prep.scenes, prep.start, prep.end).candidates
-    halo = g.pad(spec.halo_px)
-    window = -(-max(halo.shape.yx) // 32) * 32 if single_window else spec.window_px
-    task = TileTask("all", (0, 0), g, halo, (slice(0, g.shape.y), slice(0, g.shape.x)), scenes)
+    window = -(-max(g.shape.yx) // 32) * 32 if single_window else spec.window_px
+    whole = (slice(0, g.shape.y), slice(0, g.shape.x))
+    task = TileTask("all", (0, 0), g, g, whole, scenes, halo_region=whole)
     cfg = InferenceConfig(checkpoint=str(spec.model), store="", layout=prep.layout,
                           aoi_wkt=aoi_in_grid_crs(prep.aoi.geometry, g).wkt, window_px=window,
                           overlap_px=0 if single_window else spec.overlap_px)

@@ -53,20 +53,29 @@ def test_bad_resolution_and_tile_size():
         plan_tiles(target_geobox(AOI), AOI, tile_px=100, halo_px=8)
 
 
-def test_tiles_partition_grid_and_halo_pads_core():
+def test_tiles_partition_grid_and_halo_pads_core_within_the_grid():
     gbox = target_geobox(AOI, res_m=10)
     tasks = plan_tiles(gbox, AOI, tile_px=128, halo_px=16)
     ny = -(-gbox.shape.y // 128)
     nx = -(-gbox.shape.x // 128)
     assert len(tasks) == ny * nx  # a rectangle AOI touches every tile of its own bbox grid
+    assert ny >= 3 and nx >= 3  # so some tiles are inner ones
     covered = 0
     for t in tasks:
         ys, xs = t.region
         assert ys.start % 128 == 0 and xs.start % 128 == 0  # chunk aligned
         assert t.core == gbox[ys, xs]
-        assert t.halo.shape.y == t.core.shape.y + 32 and t.halo.shape.x == t.core.shape.x + 32
-        assert t.halo.transform.c == t.core.transform.c - 16 * 10
+        hy, hx = t.halo_region
+        # the core padded by 16 px on each side, clipped to the grid: nothing outside the grid is read
+        assert (hy.start, hy.stop) == (max(ys.start - 16, 0), min(ys.stop + 16, gbox.shape.y))
+        assert (hx.start, hx.stop) == (max(xs.start - 16, 0), min(xs.stop + 16, gbox.shape.x))
+        assert t.halo == gbox[hy, hx]
+        rows, cols = t.crop
+        assert t.halo[rows, cols] == t.core  # the crop puts the core back
+        assert t.origin == (hy.start, hx.start)
         covered += t.core.shape.y * t.core.shape.x
+    inner = [t for t in tasks if 0 < t.index[0] < ny - 1 and 0 < t.index[1] < nx - 1]
+    assert inner and all(t.halo.shape.yx == (160, 160) for t in inner)
     assert covered == gbox.shape.y * gbox.shape.x
 
 
@@ -116,3 +125,24 @@ def test_morton_order_keeps_every_aligned_block_contiguous(k):
         run = cells[start : start + side * side]
         assert len({(r // side, c // side) for r, c in run}) == 1
     assert morton_key(0, 5) == 0b10001 and morton_key(5, 0) == 0b100010  # col bits even, row bits odd
+
+
+@pytest.mark.parametrize("side_km", [8, 16, 32, 64])
+def test_model_work_per_output_pixel_at_the_defaults(side_km):
+    """Each tile's halo box forwarded once (512 px tiles, 32 px halo): <= 1.3 model pixels per output pixel
+    for square AOIs of 64 to 4096 km2; the old default (256 px windows, 64 px overlap on the grid lattice,
+    64 px halo) forwarded every window that straddles a tile border once per tile: 3.4-5."""
+    from odc.geo.geom import box as gbox
+
+    from sgma_batch.run import RunSpec, aoi_in_grid_crs, model_work_per_px
+
+    x0, y0 = 500_000.0, 5_000_000.0
+    aoi = gbox(x0, y0, x0 + side_km * 1000, y0 + side_km * 1000, "EPSG:32633").to_crs("EPSG:4326").geom
+    grid = target_geobox(aoi, res_m=10, crs="EPSG:32633")
+    new = RunSpec(aoi="unused", out="unused")
+    tasks = plan_tiles(grid, aoi, tile_px=new.tile_px, halo_px=new.halo_px, scenes_for=lambda c: {"s2": (_scene("a"),)})
+    work = model_work_per_px(tasks, aoi_in_grid_crs(aoi, grid), new)
+    assert 1.0 < work <= 1.3, work
+    old = RunSpec(aoi="unused", out="unused", halo_px=64, window_px=256, overlap_px=64)
+    tasks = plan_tiles(grid, aoi, tile_px=old.tile_px, halo_px=old.halo_px, scenes_for=lambda c: {"s2": (_scene("a"),)})
+    assert model_work_per_px(tasks, aoi_in_grid_crs(aoi, grid), old) > 2.0  # 3.4-5.0 with halos beyond the grid

@@ -77,7 +77,7 @@ def test_plan_nothing_found(archive, checkpoint, tmp_path):
                          [(2, 0, 1, None), (2, 0, 1, 2), (2, 0, 1, 4), (16, 0, 2, None), (16, 4, 1, None),
                           (16, 4, 1, 2), (1, 0, 1, None), (8, 0, 1, 3)])
 def test_pool_keeps_readers_placeable_bounded_and_unstarved(cpus, gpus, threads, max_actors):
-    from sgma_batch.execute import plan_pool
+    from sgma_batch.execute_ray import plan_pool
 
     p = plan_pool(cpus, gpus, 100, threads=threads, max_actors=max_actors)
     assert 0 < p.read_cpus < p.actor_cpus
@@ -95,7 +95,7 @@ def test_pool_keeps_readers_placeable_bounded_and_unstarved(cpus, gpus, threads,
 
 def test_pool_is_capped_by_tasks_and_refuses_missing_gpus():
     from sgma_batch.errors import UsageError
-    from sgma_batch.execute import plan_pool
+    from sgma_batch.execute_ray import plan_pool
 
     assert plan_pool(16, 0, 1).actors == 1 and plan_pool(16, 0, 1).read_tasks == 1
     assert plan_pool(16, 0, 3).actors == 3
@@ -111,7 +111,8 @@ def _task(row: int, col: int, signature: tuple[str, ...]):
 
 
 def test_tiles_run_by_signature_then_in_z_order_cut_into_one_run_per_reader():
-    from sgma_batch.execute import _next_read, _reader_queues, order_by_signature
+    from sgma_batch.execute import order_by_signature
+    from sgma_batch.execute_ray import _next_read, _reader_queues
 
     tasks = [_task(r, c, ("s2",) if c < 4 else ("s1", "s2")) for r in range(6) for c in range(8)]
     ordered = order_by_signature(tasks)
