@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from benchmarks.peer_adapter import forward_probs, model_input
 from sgma_batch.models import default_checkpoint
 from sgma_model import load_checkpoint
 
 torch.set_num_threads(1)
+
+# benchmarks/ is scripts, not a package: load the adapter from its file
+_spec = importlib.util.spec_from_file_location(
+    "peer_adapter", Path(__file__).resolve().parents[2] / "benchmarks" / "peer_adapter.py"
+)
+_adapter = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_adapter)
+forward_probs, model_input = _adapter.forward_probs, _adapter.model_input
 
 
 def test_forward_probs_is_a_distribution_per_pixel():
