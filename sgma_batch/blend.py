@@ -1,4 +1,14 @@
-"""Sliding windows with overlap over a halo tile, blended with Hann weights, cropped to the core.
+"""Windows over the output grid and how their predictions are blended. Pure numpy / torch: no IO, no Ray.
+
+* Halo-tile windows (the default): each tile's halo box is one window, forwarded once. Its prediction is
+  weighted with a cross-fade over the halo (:func:`crossfade_1d`) and cut into parts by the tile each
+  piece lies in (:func:`split_window`); each tile's writer blends the parts over its core
+  (:func:`combine`). Neighbouring windows overlap by twice the halo, so the mosaic is one sliding-window
+  pass over the whole area (window = tile + 2 halo, stride = tile), with each pixel forwarded
+  (1 + 2 halo / tile)^2 times.
+* Sliding windows inside a tile (``--window-px``): below.
+
+Sliding windows with overlap over a halo tile, blended with Hann weights, cropped to the core.
 
 Pure torch: no IO, no Ray. ``predict`` is any callable that maps a batch of windows to class
 probabilities, fusion weights and a validity mask, so tests can pass an exact (constant / linear)
@@ -7,13 +17,16 @@ predictor and check that blending reproduces it with no seam.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["BlendResult", "Predict", "blend_windows", "hann_weight", "lattice_starts", "window_starts"]
+__all__ = [
+    "BlendResult", "Part", "Predict", "blend_windows", "combine", "crossfade_1d", "hann_weight", "lattice_starts",
+    "split_window", "window_starts",
+]
 
 # predict(inputs {m: (B, C, h, w)}, masks {m: (B, h, w) bool}) -> (probs (B, K, h, w), robustness
 # (B, M, h, w), valid (B, h, w) bool)
@@ -137,6 +150,103 @@ def blend_windows(
     return BlendResult(prob, rob, valid_acc[rows, cols])
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """[0, 1] floats to uint8 (round half to even, clipped)."""
-    return np.clip(np.rint(x.detach().cpu().numpy() * 255.0), 0, 255).astype(np.uint8)
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- halo-tile windows, blended across tile borders by handing the overlap strips to the neighbour ---------
+@dataclass(frozen=True)
+class Part:
+    """One window's weighted prediction over a rectangle of the output grid.
+
+    A tile's window (its halo box) splits into up to 9 parts: the core (its own) and the 8 strips and
+    corners that lie in the neighbours' cores. Each part goes to the writer of the tile it lies in, which
+    adds the parts of every window over its core in a fixed order (by ``source``) and divides by the
+    weights: one model pass per pixel, and the blend a whole-area sliding-window pass would give.
+    """
+
+    source: tuple[int, int]  # tile index of the window
+    rows: slice  # in the output grid
+    cols: slice
+    weighted: np.ndarray  # (K + M, h, w) float32: probabilities and fusion weights, times the weight
+    weight: np.ndarray  # (h, w) float32
+    valid: np.ndarray  # (h, w) bool
+
+
+def crossfade_1d(length: int, before: int, after: int) -> np.ndarray:
+    """Weight along one axis of a window with ``before`` / ``after`` px of halo (overlap) on each side.
+
+    sin^2 from 0 at the window's edge to 1 at twice the halo in (pixel centres): across a tile border,
+    where the neighbour's window has the same halo, the two weights sum to exactly 1 (sin^2 + cos^2).
+    A side without halo (the grid's edge) keeps weight 1.
+    """
+    w = np.ones(length, np.float64)
+    d = np.arange(length, dtype=np.float64) + 0.5
+    if before > 0:
+        ramp = d < 2 * before
+        w[ramp] *= np.sin(np.pi * d[ramp] / (4 * before)) ** 2
+    if after > 0:
+        back = length - d
+        ramp = back < 2 * after
+        w[ramp] *= np.sin(np.pi * back[ramp] / (4 * after)) ** 2
+    return w.astype(np.float32)
+
+
+def split_window(
+    index: tuple[int, int],
+    halo: tuple[slice, slice],
+    core: tuple[slice, slice],
+    values: np.ndarray,
+    valid: np.ndarray,
+) -> dict[tuple[int, int], Part]:
+    """Weight a window's prediction and cut it into parts by the tile each lies in.
+
+    Args:
+        index: the window's tile index (row, col).
+        halo: the window's rows and cols in the output grid (the tile's halo box).
+        core: the tile's core rows and cols (inside ``halo``).
+        values: (C, H, W) float32 prediction over the halo box.
+        valid: (H, W) bool.
+
+    Returns:
+        {target tile index: part}; the core's target is ``index`` itself.
+    """
+    (hy, hx), (cy, cx) = halo, core
+    wy = crossfade_1d(hy.stop - hy.start, cy.start - hy.start, hy.stop - cy.stop)
+    wx = crossfade_1d(hx.stop - hx.start, cx.start - hx.start, hx.stop - cx.stop)
+    weight = np.outer(wy, wx)  # (H, W)
+    weighted = values * weight  # (C, H, W)
+    bands_y = [(-1, hy.start, cy.start), (0, cy.start, cy.stop), (1, cy.stop, hy.stop)]
+    bands_x = [(-1, hx.start, cx.start), (0, cx.start, cx.stop), (1, cx.stop, hx.stop)]
+    parts = {}
+    for dy, y0, y1 in bands_y:
+        for dx, x0, x1 in bands_x:
+            if y1 <= y0 or x1 <= x0:
+                continue
+            ly, lx = slice(y0 - hy.start, y1 - hy.start), slice(x0 - hx.start, x1 - hx.start)
+            parts[(index[0] + dy, index[1] + dx)] = Part(
+                index, slice(y0, y1), slice(x0, x1), np.ascontiguousarray(weighted[:, ly, lx]),
+                np.ascontiguousarray(weight[ly, lx]), np.ascontiguousarray(valid[ly, lx]))
+    return parts
+
+
+def combine(core: tuple[slice, slice], parts: Sequence[Part], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the parts over a core: (C, h, w) float32 values (weighted mean) and (h, w) bool validity.
+
+    Parts are added in the order of their ``source`` tile, so the result does not depend on the order in
+    which they arrive. Pixels no part covers are 0 and invalid.
+    """
+    cy, cx = core
+    h, w = cy.stop - cy.start, cx.stop - cx.start
+    acc = np.zeros((channels, h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    valid = np.zeros((h, w), bool)
+    for p in sorted(parts, key=lambda p: p.source):
+        ly, lx = slice(p.rows.start - cy.start, p.rows.stop - cy.start), slice(p.cols.start - cx.start, p.cols.stop - cx.start)
+        acc[:, ly, lx] += p.weighted
+        wsum[ly, lx] += p.weight
+        valid[ly, lx] |= p.valid
+    np.divide(acc, wsum, out=acc, where=wsum > 0)
+    return acc, valid

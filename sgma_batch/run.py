@@ -249,7 +249,9 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         created = open_or_create_store(spec.out, layout, provenance)
         done = tile_records_done(read_manifest(spec.out), tasks)
         todo = [t for t in tasks if t.tile_id not in done]
-        log.info("%d tiles: %d reused, %d to compute", len(tasks), len(done), len(todo))
+        context = context_tiles(tasks, todo, spec.window_px)
+        log.info("%d tiles: %d reused, %d to compute (%d more forwarded for their borders)", len(tasks), len(done),
+                 len(todo), len(context))
 
         aoi_grid = aoi_in_grid_crs(aoi.geometry, prep.geobox)
         cfg = InferenceConfig(
@@ -269,9 +271,10 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         if not todo:
             records: list[dict[str, Any]] = []
         elif executor == "sequential":
-            records = execute_sequential(todo, cfg, on_record=on_record, order_seed=spec.task_order_seed)
+            records = execute_sequential(todo, cfg, context=context, on_record=on_record,
+                                         order_seed=spec.task_order_seed)
         elif executor == "local":
-            records = execute_local(todo, cfg, workers=spec.max_actors, batch_size=spec.batch_size,
+            records = execute_local(todo, cfg, context=context, workers=spec.max_actors, batch_size=spec.batch_size,
                                     on_record=on_record, order_seed=spec.task_order_seed)
         else:
             if session is None and not _ray_connected():
@@ -298,7 +301,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         degraded=counts["degraded"], failed=counts["failed"], nodata=counts["nodata"],
         area_km2=round(aoi.area_km2, 4), seconds=round(time.perf_counter() - t0, 3),
         scenes={m: len(v) for m, v in prep.scenes.items()}, created=created, executor=executor,
-        model_work_per_px=model_work_per_px(todo, aoi_grid, spec),
+        model_work_per_px=model_work_per_px(todo, aoi_grid, spec, context),
     )
 
 
@@ -440,14 +443,28 @@ def model_pixels(task: Any, window_px: int | None, overlap_px: int) -> int:
     return n * window_px * window_px
 
 
-def model_work_per_px(tasks: list[Any], aoi_grid: Any, spec: RunSpec) -> float | None:
-    """Model work per output pixel: pixels forwarded / pixels of the AOI inside the tiles' cores."""
+def model_work_per_px(tasks: list[Any], aoi_grid: Any, spec: RunSpec, context: list[Any] = ()) -> float | None:
+    """Model work per output pixel: pixels forwarded (``tasks`` and their ``context``) / pixels of the AOI
+    inside the tasks' cores."""
     from shapely.geometry import box
 
     out_px = sum(aoi_grid.intersection(box(*t.core.extent.boundingbox.bbox)).area for t in tasks) / spec.res_m**2
     if not out_px:
         return None
-    return round(sum(model_pixels(t, spec.window_px, spec.overlap_px) for t in tasks) / out_px, 3)
+    forwarded = sum(model_pixels(t, spec.window_px, spec.overlap_px) for t in [*tasks, *context])
+    return round(forwarded / out_px, 3)
+
+
+def context_tiles(tasks: list[Any], todo: list[Any], window_px: int | None) -> list[Any]:
+    """Tiles not to compute whose windows overlap one to compute: forwarded again for their parts (a rerun
+    after a kill, or an update of some tiles). None with sliding windows inside tiles (no exchange)."""
+    from sgma_batch.execute import neighbours
+
+    if window_px is not None:
+        return []
+    wanted = {n for t in todo for n in neighbours(t.index)}
+    computing = {t.index for t in todo}
+    return [t for t in tasks if t.index in wanted and t.index not in computing]
 
 
 def aoi_in_grid_crs(geometry: Any, geobox: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from sgma_batch.blend import blend_windows, hann_weight, lattice_starts, window_starts
@@ -143,3 +144,73 @@ def test_lattice_windows_make_tiles_equal_one_whole_area_pass():
             torch.testing.assert_close(mosaic, whole.probability, atol=1e-6, rtol=0)
         else:  # tile-local windows: a window-dependent predictor shows a difference (the seam risk)
             assert (mosaic - whole.probability).abs().max() > 1e-3
+
+
+# -- halo-tile windows: cross-fade, parts, assembly ------------------------------------------------------
+def test_crossfade_weights_of_neighbouring_windows_sum_to_one():
+    from sgma_batch.blend import crossfade_1d
+
+    tile, halo = 64, 8
+    left = crossfade_1d(tile + 2 * halo, halo, halo)  # window over [-8, 72)
+    right = crossfade_1d(tile + 2 * halo, halo, halo)  # window over [56, 136)
+    total = np.zeros(200, np.float64)
+    total[0:80] += left
+    total[64:144] += right
+    np.testing.assert_allclose(total[64:80], 1.0, atol=1e-6)  # the strip both windows cover
+    np.testing.assert_allclose(total[16:56], 1.0)  # inside the first core, away from both borders
+    assert left[0] < 0.01 and left[-1] < 0.01 and left[2 * halo] == 1.0
+    edge = crossfade_1d(tile + halo, 0, halo)  # on the grid's edge: no halo before, weight 1 there
+    assert edge[0] == 1.0 and edge[-1] < 0.01
+
+
+def _grid_tasks(shape, tile, halo):
+    """(index, halo rows/cols, core rows/cols) of every tile of a grid, halos clipped to it."""
+    out = []
+    for iy, y0 in enumerate(range(0, shape[0], tile)):
+        for ix, x0 in enumerate(range(0, shape[1], tile)):
+            core = (slice(y0, min(y0 + tile, shape[0])), slice(x0, min(x0 + tile, shape[1])))
+            hal = (slice(max(y0 - halo, 0), min(y0 + tile + halo, shape[0])),
+                   slice(max(x0 - halo, 0), min(x0 + tile + halo, shape[1])))
+            out.append(((iy, ix), hal, core))
+    return out
+
+
+def test_parts_handed_between_tiles_rebuild_a_whole_area_blend_in_any_order():
+    """Windows predicting one smooth global field rebuild it exactly; windows predicting their own constant
+    blend smoothly across borders; the result does not depend on the order in which parts arrive."""
+    import random
+
+    from sgma_batch.blend import combine, split_window
+    from sgma_batch.execute import Assembler
+
+    shape, tile, halo = (100, 130), 32, 6
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    field = np.stack([yy / 100, xx / 130])  # (2, H, W)
+    tasks = _grid_tasks(shape, tile, halo)
+    for predict in ("field", "constant"):
+        results = []
+        for seed in (0, 1):
+            order = list(tasks)
+            random.Random(seed).shuffle(order)
+            fake = [type("T", (), {"index": i})() for i, _, _ in tasks]
+            asm = Assembler(fake)
+            out = np.full((2, *shape), np.nan, np.float32)
+            for index, hal, core in order:
+                values = field[:, hal[0], hal[1]] if predict == "field" else \
+                    np.full((2, hal[0].stop - hal[0].start, hal[1].stop - hal[1].start), index[0] * 10 + index[1], np.float32)
+                parts = split_window(index, hal, core, values, np.ones(values.shape[1:], bool))
+                for own, got, missing in asm.add(index, (index, core), parts):
+                    assert not missing
+                    blended, valid = combine(own[1], got, 2)
+                    assert valid.all()
+                    out[:, own[1][0], own[1][1]] = blended
+            assert not asm.waiting and np.isfinite(out).all()
+            results.append(out)
+        assert results[0].tobytes() == results[1].tobytes()  # any arrival order: the same bits
+        if predict == "field":
+            np.testing.assert_allclose(results[0], field, atol=1e-6)
+        else:
+            # inside a core, away from its borders: its own constant; across a border: a monotone blend
+            np.testing.assert_array_equal(results[0][0, 40:50, 40:50], 11.0)
+            row = results[0][0, 45, 20:45]
+            assert (np.diff(row) >= -1e-6).all() and row[0] == 10.0 and row[-1] == 11.0
