@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from sgma_batch.blend import blend_windows, hann_weight, lattice_starts, window_starts
