@@ -1,9 +1,10 @@
 """Scaling of `sgma-batch run` with area: 1x, 4x, 16x the AOI (default 64, 256, 1024 km2).
 
 One synthetic archive (generated once, untimed) large enough for the 16x AOI; square AOIs centred in
-it; the shipped demo model. Three executors, each at the three sizes, every run a fresh CLI process:
+it; the shipped demo model. Four executors, each at the three sizes, every run a fresh CLI process:
 
-- ``ray-cold``: the default ``sgma-batch run`` (starts a local Ray, as on a laptop);
+- ``local``: the default ``sgma-batch run`` on one machine (this process: reader and forward threads);
+- ``ray-cold``: ``--executor ray`` (starts a local Ray, as on a laptop);
 - ``ray-warm``: ``--address`` to a Ray head started once beforehand (``ray start --head``), as on a
   cluster, where Ray is already up when a job arrives;
 - ``sequential``: ``--sequential`` (no Ray).
@@ -111,10 +112,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-km", type=float, default=8.0, help="side of the 1x AOI; 4x and 16x double it twice")
     ap.add_argument("--dates", type=int, default=2)
-    ap.add_argument("--tile-px", type=int, default=256)
+    ap.add_argument("--tile-px", type=int, default=512)
     ap.add_argument("--halo-px", type=int, default=32)
-    ap.add_argument("--executors", nargs="+", default=["ray-cold", "ray-warm", "sequential"],
-                    choices=["ray-cold", "ray-warm", "sequential"])
+    ap.add_argument("--executors", nargs="+", default=["local", "ray-cold"],
+                    choices=["local", "ray-cold", "ray-warm", "sequential"])
     ap.add_argument("--model-only", action="store_true",
                     help="also time the pipeline's inference alone (1 torch thread) on the 16x AOI's tiles")
     ap.add_argument("--max-load", type=float, default=None,
@@ -145,7 +146,8 @@ def main() -> None:
                 side = a.base_km * mult ** 0.5
                 aoi, area = pt.aoi_bbox(info, side)
                 out = tmp / f"{ex}-{mult}.zarr"
-                extra = {"ray-cold": [], "ray-warm": ["--address", str(address)], "sequential": ["--sequential"]}[ex]
+                extra = {"local": ["--executor", "local"], "ray-cold": ["--executor", "ray"],
+                         "ray-warm": ["--address", str(address)], "sequential": ["--sequential"]}[ex]
                 cmd = [sys.executable, "-m", "cli.app", "run", "--aoi", aoi, "--catalog", cat, "--start", start,
                        "--end", end, "--tile-px", str(a.tile_px), "--halo-px", str(a.halo_px), "--out", str(out),
                        "--json", *extra]

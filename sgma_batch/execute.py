@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Assembler", "Forwarded", "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "batch_key",
+    "Assembler", "FailedPart", "Forwarded", "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "batch_key",
     "execute_local", "execute_sequential", "local_workers", "neighbours", "order_by_signature", "read_tile", "tile_order",
 ]
 
@@ -249,19 +249,24 @@ class TileRunner:
         return Forwarded(tile.task, {m: tuple(v) for m, v in tile.scenes_used.items()}, dict(tile.errors),
                          tuple(sorted(tile.inputs)), bits, tile.read_s, forward_s, error)
 
-    def forward_or_fail(self, tiles: Sequence[TileInputs]) -> list[tuple[Forwarded, dict[tuple[int, int], Part]]]:
+    def forward_or_fail(self, tiles: Sequence[TileInputs]) -> list[tuple[Forwarded, dict[tuple[int, int], Any]]]:
         """:meth:`forward` of the tiles with inputs (the others have no parts); a batch that fails is run
-        tile by tile, and a tile whose forward fails comes back with its error and no parts."""
+        tile by tile, and a tile whose forward fails comes back with its error and a :class:`FailedPart` for
+        itself and each neighbour, so their writers know their border was blended without it."""
         todo = [t for t in tiles if t.inputs]
-        done = {id(t): (self.forwarded(t), {}) for t in tiles if not t.inputs}
+        done: dict[int, tuple[Forwarded, dict[tuple[int, int], Any]]] = {
+            id(t): (self.forwarded(t), {}) for t in tiles if not t.inputs}
         try:
             done.update(zip((id(t) for t in todo), self.forward(todo), strict=True))
         except Exception as exc:  # isolate the tile that fails, record it as failed
             if len(todo) > 1:
                 log.warning("a batch of %d tiles failed (%s); running them one by one", len(todo), exc)
                 return [r for t in tiles for r in self.forward_or_fail([t])]
-            log.exception("tile %s failed", todo[0].task.tile_id)
-            done[id(todo[0])] = (self.forwarded(todo[0], error=f"{type(exc).__name__}: {exc}"), {})
+            task = todo[0].task
+            log.exception("tile %s failed", task.tile_id)
+            failed = FailedPart(task.index, task.tile_id)
+            done[id(todo[0])] = (self.forwarded(todo[0], error=f"{type(exc).__name__}: {exc}"),
+                                 {i: failed for i in (task.index, *neighbours(task.index))})
         return [done[id(t)] for t in tiles]
 
     def arrays(self, fwd: Forwarded, values: np.ndarray, valid: np.ndarray) -> TileArrays:
@@ -290,17 +295,19 @@ class TileRunner:
             p16[:, ~valid] = np.nan
         return TileArrays(cls, conf, mask_bits, rob, p16)
 
-    def write(self, fwd: Forwarded, parts: Sequence[Part], missing: Sequence[str] = ()) -> dict[str, Any]:
+    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> dict[str, Any]:
         """Blend the parts over a tile's core, write its chunk and commit its manifest record; the record.
 
-        ``missing``: neighbours whose forward failed, so their strip of this core was blended without them:
-        the tile is recorded as degraded and recomputed by the next run.
+        A :class:`FailedPart` among ``parts``: that neighbour's forward failed, so its strip of this core was
+        blended without it; the tile is recorded as degraded and recomputed by the next run.
         """
         from sgma_batch.blend import combine
 
         task = fwd.task
         t0 = time.perf_counter()
         errors = dict(fwd.errors)
+        missing = [p.tile_id for p in parts if isinstance(p, FailedPart) and p.source != task.index]
+        parts = [p for p in parts if not isinstance(p, FailedPart)]
         if missing:
             errors["neighbours"] = f"blended without the failed tiles {', '.join(sorted(missing))}"
         record: dict[str, Any] = {
@@ -352,7 +359,7 @@ class TileRunner:
         fwd, parts = self.forward_or_fail([tile])[0]
         if fwd.error is not None:
             raise RuntimeError(fwd.error)
-        own = [p for target, p in parts.items() if target == tile.task.index]
+        own = [p for target, p in parts.items() if target == tile.task.index and not isinstance(p, FailedPart)]
         values, valid = combine(tile.task.region, own, len(self.cfg.layout.classes) + len(self.cfg.layout.modalities))
         return self.arrays(fwd, values, valid)
 
@@ -368,6 +375,14 @@ def _padded(task: TileTask) -> tuple[slice, slice]:
     """The halo rows and cols of a task planned without ``halo_region`` (the core padded evenly)."""
     y0, x0 = task.origin
     return slice(y0, y0 + task.halo.shape.y), slice(x0, x0 + task.halo.shape.x)
+
+
+@dataclass(frozen=True)
+class FailedPart:
+    """In place of a window's part: its tile's forward failed (``tile_id``)."""
+
+    source: tuple[int, int]
+    tile_id: str
 
 
 @dataclass(frozen=True)
@@ -404,18 +419,14 @@ class Assembler:
         self.waiting = {i: {i, *(n for n in neighbours(i) if n in forwarded)} for i in self.todo}
         self.parts: dict[tuple[int, int], list[tuple[tuple[int, int], Any]]] = {i: [] for i in self.todo}
         self.own: dict[tuple[int, int], Any] = {}
-        self.failed: dict[tuple[int, int], str] = {}
 
-    def add(self, index: tuple[int, int], own: Any, parts: Mapping[tuple[int, int], Any], failed: bool = False
-            ) -> list[tuple[Any, list[Any], list[str]]]:
+    def add(self, index: tuple[int, int], own: Any, parts: Mapping[tuple[int, int], Any]) -> list[tuple[Any, list[Any]]]:
         """Record tile ``index``'s forward (``own``: what its writer needs; ``parts`` by target tile).
 
-        Returns the tiles now complete: (own, their parts in source order, failed neighbours' ids).
+        Returns the tiles now complete: (own, their parts in source order).
         """
         if index in self.todo:
             self.own[index] = own
-        if failed:
-            self.failed[index] = f"r{index[0]:04d}_c{index[1]:04d}"
         for target, part in parts.items():
             if target in self.parts:
                 self.parts[target].append((index, part))
@@ -428,8 +439,7 @@ class Assembler:
             if not left:
                 del self.waiting[t]
                 got = sorted(self.parts.pop(t), key=lambda sp: sp[0])
-                missing = [self.failed[n] for n in neighbours(t) if n in self.failed]
-                ready.append((self.own.pop(t), [p for _, p in got], missing))
+                ready.append((self.own.pop(t), [p for _, p in got]))
         return ready
 
     @property
@@ -493,8 +503,8 @@ def execute_sequential(
         records = []
         for task in tile_order([*tasks, *context], order_seed):
             ((fwd, parts),) = runner.forward_or_fail([read_tile(task, runner.card, cfg)])
-            for own, got, missing in assembler.add(task.index, fwd, parts, failed=fwd.error is not None):
-                rec = runner.write(own, got, missing)
+            for own, got in assembler.add(task.index, fwd, parts):
+                rec = runner.write(own, got)
                 records.append(rec)
                 if on_record is not None:
                     on_record(rec)
@@ -587,10 +597,10 @@ def execute_local(
             while (group := take()) is not None:
                 for fwd, parts in runner.forward_or_fail(group):
                     with assembling:
-                        complete = assembler.add(fwd.task.index, fwd, parts, failed=fwd.error is not None)
+                        complete = assembler.add(fwd.task.index, fwd, parts)
                         forwarded[0] += 1
-                    for own, got, missing in complete:
-                        results.put(runner.write(own, got, missing))
+                    for own, got in complete:
+                        results.put(runner.write(own, got))
                 results.put(None)  # a forward done: room to read ahead
         except BaseException as exc:  # noqa: BLE001 - a reader's or the runner's own bug: the run ends with it
             results.put(exc)

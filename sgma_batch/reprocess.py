@@ -118,7 +118,7 @@ class ReprocessSpec(_Strict):
     model: str | None = None
     address: str | None = None
     cache_dir: str | None = None
-    executor: Literal["ray", "sequential"] | None = None
+    executor: Literal["auto", "local", "ray", "sequential"] | None = None
     tile_px: int | None = Field(default=None, gt=0)
     halo_px: int | None = Field(default=None, ge=0)
     res_m: float | None = Field(default=None, gt=0)

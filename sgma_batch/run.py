@@ -230,6 +230,10 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     t0 = time.perf_counter()
     session: _RaySession | None = None
     executor = resolve_executor(spec)
+    on_main = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a pod stopped, `timeout`) exits through the finally blocks: threads stopped, actors killed, Ray
+    # shut down; the committed tiles stay (the CLI exits 143)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main else None
 
     def start_ray() -> None:
         nonlocal session
@@ -290,6 +294,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     finally:
         if session is not None:
             session.close()
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
     if records and counts["nodata"] == len(records) and not done:
         raise EmptyDataError(
@@ -526,7 +532,7 @@ class _RaySession:
 
         try:
             ray.init(address=self._address, include_dashboard=False, log_to_driver=False)
-        except BaseException as e:  # handed to the caller by wait()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by wait()
             self._error = e
             return
         finally:
