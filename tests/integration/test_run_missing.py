@@ -28,7 +28,7 @@ import run_archive
 from sgma_batch.grid import plan_tiles, target_geobox
 from sgma_batch.run import RunSpec, aoi_in_grid_crs, run_mosaic
 from sgma_batch.scenes import S2_BANDS
-from sgma_batch.store import read_manifest
+from sgma_batch.store import ROBUSTNESS_SCALE, read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -151,13 +151,14 @@ def test_every_modality_subset_is_written_with_its_mask_and_robustness(checkpoin
     cls = ds["class"].values
     np.testing.assert_array_equal(cls != 255, expected > 0)
 
-    rob = ds["robustness"].values.astype(int)  # (M, H, W) x 255
-    for i, m in enumerate(MODS):
-        assert (rob[i][~avail[m]] == 0).all(), f"robustness of absent {m} must be 0"
+    rob = ds["robustness"].values.astype(int)  # (M, H, W) weights x 254, 255 = nodata
     mapped = expected > 0
-    assert (np.abs(rob[:, mapped].sum(0) - 255) <= 3).all()
+    for i, m in enumerate(MODS):
+        assert (rob[i][~avail[m] & mapped] == 0).all(), f"robustness of absent {m} must be 0"
+    assert (rob[:, ~mapped] == 255).all()
+    assert (np.abs(rob[:, mapped].sum(0) - ROBUSTNESS_SCALE) <= 3).all()
     single = (expected == 1) | (expected == 2) | (expected == 4)  # one modality: it carries all the weight
-    assert (rob.max(0)[single] >= 254).all()
+    assert (rob.max(0)[single] >= ROBUSTNESS_SCALE - 1).all()
     prob = ds["probability"].values.astype(np.float32)
     assert np.isfinite(prob[:, mapped]).all() and np.isnan(prob[:, ~mapped]).all()
     assert (ds["confidence"].values[~mapped] == 0).all() and (ds["confidence"].values[mapped] > 0).all()

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_archive
 
 from sgma_batch.run import RunSpec, run_mosaic
-from sgma_batch.store import read_manifest
+from sgma_batch.store import ROBUSTNESS_SCALE, read_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -165,9 +165,9 @@ def test_sen1floods11_chip_is_searched_warped_and_mapped(checkpoint, tmp_path):
     assert (mapped != footprint).mean() < 0.002  # at most a pixel ring where bilinear edges differ
     assert (~mapped & in_aoi).sum() > 0.15 * in_aoi.sum()  # the AOI part east of the chip is nodata
     assert set(np.unique(mask[mapped]).tolist()) == {0b011} and (mask[~mapped] == 0).all()
-    rob = ds["robustness"].values.astype(int)  # (M, y, x), modalities s2, s1, dem
-    assert (rob[2] == 0).all() and (np.abs(rob[:2, mapped].sum(0) - 255) <= 2).all()
-    assert (rob[:, ~mapped] == 0).all()
+    rob = ds["robustness"].values.astype(int)  # (M, y, x) weights x 254, 255 = nodata; modalities s2, s1, dem
+    assert (rob[2][mapped] == 0).all() and (np.abs(rob[:2, mapped].sum(0) - ROBUSTNESS_SCALE) <= 2).all()
+    assert (rob[:, ~mapped] == 255).all()
     prob = ds["probability"].values.astype(np.float32)  # (K, y, x)
     assert np.isfinite(prob[:, mapped]).all() and np.isnan(prob[:, ~mapped]).all()
     np.testing.assert_allclose(prob[:, mapped].sum(0), 1.0, atol=0.01)
