@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Assembler", "FailedPart", "Forwarded", "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "batch_key",
+    "Assembler", "FailedPart", "Forwarded", "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "TileWriter",
+    "batch_key",
     "execute_local", "execute_sequential", "local_workers", "neighbours", "order_by_signature", "read_tile", "tile_order",
 ]
 
@@ -149,8 +150,6 @@ class TileRunner:
 
     def __init__(self, cfg: InferenceConfig, device: str | None = None) -> None:
         import torch
-        from rasterio.features import geometry_mask
-        from shapely import wkt
 
         from sgma_model import load_checkpoint
 
@@ -158,8 +157,7 @@ class TileRunner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.card = load_checkpoint(cfg.checkpoint, map_location="cpu")
         self.model.eval().to(self.device)
-        self._aoi = wkt.loads(cfg.aoi_wkt)
-        self._geometry_mask = geometry_mask
+        self.writer = TileWriter(cfg)
 
     def _predict(self, xb: Mapping[str, Any], mb: Mapping[str, Any]):
         import torch
@@ -269,6 +267,40 @@ class TileRunner:
                                  {i: failed for i in (task.index, *neighbours(task.index))})
         return [done[id(t)] for t in tiles]
 
+    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> dict[str, Any]:
+        """See :meth:`TileWriter.write`."""
+        return self.writer.write(fwd, parts)
+
+    def run_batch(self, tiles: Sequence[TileInputs]) -> list[dict[str, Any]]:
+        """Forward, write and commit tiles as if alone (each window cropped to its core); their records.
+        (Until the Ray executor hands parts between actors: see :class:`Assembler`.)"""
+        return [self.write(fwd, [parts[fwd.task.index]] if fwd.task.index in parts else [])
+                for fwd, parts in self.forward_or_fail(tiles)]
+
+    def infer(self, tile: TileInputs) -> TileArrays:
+        """One tile alone (no neighbours' parts: its window cropped to the core); its output arrays."""
+        from sgma_batch.blend import combine
+
+        fwd, parts = self.forward_or_fail([tile])[0]
+        if fwd.error is not None:
+            raise RuntimeError(fwd.error)
+        own = [p for target, p in parts.items() if target == tile.task.index and not isinstance(p, FailedPart)]
+        values, valid = combine(tile.task.region, own, len(self.cfg.layout.classes) + len(self.cfg.layout.modalities))
+        return self.writer.arrays(fwd, values, valid)
+
+
+class TileWriter:
+    """The store side of a tile: blends the parts over its core, applies the AOI and validity, writes the
+    chunk and commits the manifest record. No model: the Ray executor writes in the driver."""
+
+    def __init__(self, cfg: InferenceConfig) -> None:
+        from rasterio.features import geometry_mask
+        from shapely import wkt
+
+        self.cfg = cfg
+        self._aoi = wkt.loads(cfg.aoi_wkt)
+        self._geometry_mask = geometry_mask
+
     def arrays(self, fwd: Forwarded, values: np.ndarray, valid: np.ndarray) -> TileArrays:
         """A core's output arrays from its blended (K + M, h, w) values (AOI and validity applied)."""
         from sgma_batch.blend import to_uint8
@@ -345,23 +377,6 @@ class TileRunner:
         record["status"] = status
         commit_tile(self.cfg.store, record)  # after the data: the commit point
         return record
-
-    def run_batch(self, tiles: Sequence[TileInputs]) -> list[dict[str, Any]]:
-        """Forward, write and commit tiles as if alone (each window cropped to its core); their records.
-        (Until the Ray executor hands parts between actors: see :class:`Assembler`.)"""
-        return [self.write(fwd, [parts[fwd.task.index]] if fwd.task.index in parts else [])
-                for fwd, parts in self.forward_or_fail(tiles)]
-
-    def infer(self, tile: TileInputs) -> TileArrays:
-        """One tile alone (no neighbours' parts: its window cropped to the core); its output arrays."""
-        from sgma_batch.blend import combine
-
-        fwd, parts = self.forward_or_fail([tile])[0]
-        if fwd.error is not None:
-            raise RuntimeError(fwd.error)
-        own = [p for target, p in parts.items() if target == tile.task.index and not isinstance(p, FailedPart)]
-        values, valid = combine(tile.task.region, own, len(self.cfg.layout.classes) + len(self.cfg.layout.modalities))
-        return self.arrays(fwd, values, valid)
 
 
 def torch_cat_np(*tensors: Any) -> np.ndarray:
