@@ -286,7 +286,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             if session is not None:
                 session.wait()
             records = execute_ray(
-                todo, cfg, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor,
+                todo, cfg, context=context, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor,
                 batch_size=spec.batch_size, on_record=on_record, order_seed=spec.task_order_seed)
         if session is not None:
             session.close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
