@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from odc.geo import geom
@@ -31,6 +31,7 @@ __all__ = [
     "target_geobox",
     "tile_grid",
     "utm_epsg_for",
+    "with_neighbour_hashes",
 ]
 
 
@@ -142,6 +143,22 @@ def content_hash(
         "config": cfg_hash,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def with_neighbour_hashes(tasks: Sequence[TileTask]) -> list[TileTask]:
+    """Tasks whose content hash also covers their 8 neighbours' (halo-tile windows blended across borders).
+
+    A tile's border strips blend its neighbours' windows, so its output changes when a neighbour's inputs
+    do: a new scene over one tile recomputes that tile and the ring around it, and a rerun after any
+    update equals a fresh run.
+    """
+    own = {t.index: t.content_hash for t in tasks}
+    out = []
+    for t in tasks:
+        iy, ix = t.index
+        ring = [own.get((iy + dy, ix + dx), "") for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        out.append(replace(t, content_hash=hashlib.sha256("|".join(ring).encode()).hexdigest()))
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

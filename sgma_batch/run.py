@@ -148,7 +148,7 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
     have passed and before the catalogue is read, so a run can start Ray while the search runs."""
     from sgma_batch.aoi import load_aoi
     from sgma_batch.colocate import STATIC_MODALITIES, plan_cell
-    from sgma_batch.grid import config_hash, plan_tiles, target_geobox
+    from sgma_batch.grid import config_hash, plan_tiles, target_geobox, with_neighbour_hashes
     from sgma_batch.search import search_scenes
     from sgma_batch.store import StoreLayout
     from sgma_model import read_card
@@ -196,6 +196,8 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
         scenes_for=lambda cell: plan_cell(cell.geom, scenes, start, end).candidates,
         model_hash=card.model_hash, cfg_hash=cfg_hash,
     )
+    if spec.window_px is None:  # halo-tile windows: a tile's borders blend its neighbours' windows
+        tasks = with_neighbour_hashes(tasks)
     layout = StoreLayout(
         geobox=geobox, tile_px=spec.tile_px, classes=tuple((c.name, c.color) for c in card.classes),
         modalities=modalities, write_probability=spec.write_probability, zarr_format=spec.zarr_format,

@@ -30,6 +30,11 @@ pytestmark = pytest.mark.integration
 _spec = run_archive.run_spec
 
 
+def _halo_spec(*args, **kw):
+    """The default inference: halo tiles forwarded whole, strips blended across borders."""
+    return _spec(*args, window_px=None, **kw)
+
+
 def _arrays(path: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(str(path), mode="r")
     return {k: np.asarray(g[k][...]) for k in ("class", "confidence", "modality_mask", "robustness")}
@@ -39,7 +44,7 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
     caplog.set_level(logging.INFO, logger="sgma_batch.execute_ray")
     out = tmp_path / "mosaic.zarr"
     events = []
-    s1 = run_mosaic(_spec(archive, checkpoint, out), progress=lambda d, n, r: events.append((d, n)))
+    s1 = run_mosaic(_halo_spec(archive, checkpoint, out), progress=lambda d, n, r: events.append((d, n)))
     assert s1.exit_code == 0 and s1.failed == 0 and s1.degraded == 0
     assert s1.tiles == 3 * 2 and s1.computed == s1.tiles and s1.reused == 0
     assert events[0] == (0, s1.tiles) and events[-1] == (s1.tiles, s1.tiles)
@@ -72,34 +77,41 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
     first = _arrays(out)
 
     # rerun: everything reused, nothing written
-    s2 = run_mosaic(_spec(archive, checkpoint, out))
+    s2 = run_mosaic(_halo_spec(archive, checkpoint, out))
     assert (s2.reused, s2.computed) == (s2.tiles, 0)
 
-    # a new S1 scene over the western third: only the tiles it touches are recomputed
+    # a new S1 scene over the western third: the tiles it touches and the ring around them (their borders
+    # blend the touched tiles' windows) are recomputed, and the store equals a fresh run with the scene
     run_archive.add_scene(archive.parent, run_archive.s1_item(archive.parent, "s1-new", 10, w=100, seed=3))
     try:
-        s3 = run_mosaic(_spec(archive, checkpoint, out))
+        s3 = run_mosaic(_halo_spec(archive, checkpoint, out))
+        fresh = run_mosaic(_halo_spec(archive, checkpoint, tmp_path / "fresh.zarr", executor="sequential"))
     finally:
         items = json.loads(archive.read_text())
         items["features"] = [f for f in items["features"] if f["id"] != "s1-new"]
         archive.write_text(json.dumps(items))
-    touched = {t for t, r in read_manifest(out).items() if "s1-new" in r["scenes"]["s1"]}
-    assert 0 < len(touched) < s3.tiles
-    assert s3.computed == len(touched) and s3.reused == s3.tiles - len(touched)
+    manifest = read_manifest(out)
+    touched = {tuple(r["index"]) for r in manifest.values() if "s1-new" in r["scenes"]["s1"]}
+    ring = {tuple(r["index"]) for r in manifest.values()
+            if any(abs(r["index"][0] - i) <= 1 and abs(r["index"][1] - j) <= 1 for i, j in touched)}
+    assert 0 < len(touched) < len(ring) < s3.tiles
+    assert s3.computed == len(ring) and s3.reused == s3.tiles - len(ring)
+    assert fresh.computed == fresh.tiles
     after = _arrays(out)
-    for tid, rec in read_manifest(out).items():
+    for name, arr in _arrays(tmp_path / "fresh.zarr").items():
+        assert arr.tobytes() == after[name].tobytes(), name
+    for rec in manifest.values():
         (y0, y1), (x0, x1) = rec["region"]
-        same = np.array_equal(after["class"][y0:y1, x0:x1], first["class"][y0:y1, x0:x1])
-        if tid not in touched:
-            assert same
+        if tuple(rec["index"]) not in ring:
+            assert np.array_equal(after["class"][y0:y1, x0:x1], first["class"][y0:y1, x0:x1])
 
     # a changed config recomputes every tile
-    s4 = run_mosaic(_spec(archive, checkpoint, out, overlap_px=32, executor="sequential"))  # same tile code
+    s4 = run_mosaic(_spec(archive, checkpoint, out, window_px=64, executor="sequential"))  # same tile code
     assert s4.computed == s4.tiles and s4.reused == 0
 
     # a different grid is refused
     with pytest.raises(StoreIncompatibleError):
-        run_mosaic(_spec(archive, checkpoint, out, res_m=20.0))
+        run_mosaic(_halo_spec(archive, checkpoint, out, res_m=20.0))
 
 
 def test_sequential_and_ray_stores_are_bitwise_identical(ray_local, archive, checkpoint, tmp_path):
