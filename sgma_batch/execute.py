@@ -547,6 +547,7 @@ def execute_local(
     order_seed: int | None = None,
     device: str | None = None,
     context: Sequence[TileTask] = (),
+    before_write: Callable[[], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the plan in this process: reader threads feed forward threads that share one model.
 
@@ -558,6 +559,7 @@ def execute_local(
     stays O(tile). Each worker forwards up to ``batch_size`` ready tiles of one :func:`batch_key` at once
     (default 1 on a CPU, sized to the GPU's memory on a GPU); the thread that completes a tile's last
     window writes and commits it. ``context``: committed tiles next to ``tasks``, forwarded for their parts.
+    ``before_write`` is called before each write (it waits for the store, being created meanwhile).
 
     A tile's result does not depend on the thread, the batch or the order (one intra-op thread per worker
     on a CPU: bitwise identical to :func:`execute_sequential` and the Ray executor).
@@ -615,6 +617,8 @@ def execute_local(
                         complete = assembler.add(fwd.task.index, fwd, parts)
                         forwarded[0] += 1
                     for own, got in complete:
+                        if before_write is not None:
+                            before_write()
                         results.put(runner.write(own, got))
                 results.put(None)  # a forward done: room to read ahead
         except BaseException as exc:  # noqa: BLE001 - a reader's or the runner's own bug: the run ends with it

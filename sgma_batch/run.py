@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -252,8 +253,15 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             "config_hash": prep.cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": prep.catalog,
             "window": [prep.start, prep.end], "created": datetime.now(UTC).isoformat(), "software": __version__,
         }
-        created = open_or_create_store(spec.out, layout, provenance)
-        done = tile_records_done(read_manifest(spec.out), tasks)
+        creating = None
+        if executor == "local" and not Path(spec.out).exists():
+            # a new store has nothing to reuse: create it while the first tiles are read and forwarded
+            creating = ThreadPoolExecutor(1, thread_name_prefix="sgma-store").submit(
+                open_or_create_store, spec.out, layout, provenance)
+            created, done = True, {}
+        else:
+            created = open_or_create_store(spec.out, layout, provenance)
+            done = tile_records_done(read_manifest(spec.out), tasks)
         todo = [t for t in tasks if t.tile_id not in done]
         context = context_tiles(tasks, todo, spec.window_px)
         log.info("%d tiles: %d reused, %d to compute (%d more forwarded for their borders)", len(tasks), len(done),
@@ -281,7 +289,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
                                          order_seed=spec.task_order_seed)
         elif executor == "local":
             records = execute_local(todo, cfg, context=context, workers=spec.max_actors, batch_size=spec.batch_size,
-                                    on_record=on_record, order_seed=spec.task_order_seed)
+                                    on_record=on_record, order_seed=spec.task_order_seed,
+                                    before_write=creating.result if creating is not None else None)
         else:
             if session is None and not _ray_connected():
                 session = _RaySession(spec.address)
@@ -290,6 +299,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             records = execute_ray(
                 todo, cfg, context=context, max_actors=spec.max_actors, gpus_per_actor=spec.gpus_per_actor,
                 batch_size=spec.batch_size, on_record=on_record, order_seed=spec.task_order_seed)
+        if creating is not None:
+            creating.result()  # raises what creating the store raised (also when there was nothing to compute)
         if session is not None:
             session.close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
         finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
