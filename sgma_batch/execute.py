@@ -8,7 +8,8 @@ bitwise-identical stores:
 * :func:`sgma_batch.execute_ray.execute_ray` (with a cluster): pools of Ray reader and inference actors.
 * :func:`execute_sequential`: one tile after another in this process, for tests and debugging.
 
-A tile's halo box goes through the model once and is cropped to its core (see :class:`TileRunner`).
+A tile's halo box goes through the model once; the strips of it that lie in the neighbours' cores are
+handed to their writers and cross-faded (see :class:`TileRunner`, :class:`Assembler`).
 Tiles are ordered by modality signature, then in Z order, so that consecutive tiles share their inputs'
 modalities (what a batch must share) and overlap the same source blocks (what a reader's cache holds).
 The write stays with the forward, on purpose: a tile's write is one chunk per variable, and the worker
@@ -139,13 +140,14 @@ def batch_key(tile: TileInputs) -> tuple[tuple[str, ...], tuple[int, int]]:
 
 
 class TileRunner:
-    """Loads the model once; turns :class:`TileInputs` into committed store chunks.
+    """Loads the model once; turns :class:`TileInputs` into parts for the writers (:meth:`forward`).
 
-    With ``cfg.window_px`` None (the default) a tile's halo box is forwarded once, as one window, and the
-    prediction is cropped to the core: model work per output pixel is (1 + 2 halo / tile)^2 (1.27 at the
-    512 / 32 px defaults), and tiles of one :func:`batch_key` go through the model together. With a
-    ``window_px`` smaller than the halo tile, the tile is predicted window by window on the grid-wide
-    lattice and blended (:func:`sgma_batch.blend.blend_windows`).
+    With ``cfg.window_px`` None (the default) a tile's halo box is forwarded once, as one window, and its
+    cross-faded prediction is cut into parts by the tile each piece lies in (:func:`sgma_batch.blend.
+    split_window`): model work per output pixel is (1 + 2 halo / tile)^2 (1.27 at the 512 / 32 px
+    defaults), and tiles of one :func:`batch_key` go through the model together. With a ``window_px``
+    smaller than the halo tile, the tile is predicted window by window on the grid-wide lattice and blended
+    inside the tile (:func:`sgma_batch.blend.blend_windows`); only its core is kept.
     """
 
     def __init__(self, cfg: InferenceConfig, device: str | None = None) -> None:
@@ -270,12 +272,6 @@ class TileRunner:
     def write(self, fwd: Forwarded, parts: Sequence[Any]) -> dict[str, Any]:
         """See :meth:`TileWriter.write`."""
         return self.writer.write(fwd, parts)
-
-    def run_batch(self, tiles: Sequence[TileInputs]) -> list[dict[str, Any]]:
-        """Forward, write and commit tiles as if alone (each window cropped to its core); their records.
-        (Until the Ray executor hands parts between actors: see :class:`Assembler`.)"""
-        return [self.write(fwd, [parts[fwd.task.index]] if fwd.task.index in parts else [])
-                for fwd, parts in self.forward_or_fail(tiles)]
 
     def infer(self, tile: TileInputs) -> TileArrays:
         """One tile alone (no neighbours' parts: its window cropped to the core); its output arrays."""

@@ -48,7 +48,8 @@ class RunSpec(BaseModel):
     )
     signer: str | None = Field(None, description="href signer applied at read time ('planetary-computer', 'mod:fn')")
     cache_dir: str | None = Field(None, description="where the demo archive is generated when no catalog is given")
-    address: str | None = Field(None, description="Ray address; None starts/uses a local Ray")
+    address: str | None = Field(None, description="Ray cluster to run on ('auto', 'ray://host:10001'); None: "
+                                "this process, unless RAY_ADDRESS is set or Ray is connected")
     executor: Literal["auto", "local", "ray", "sequential"] = Field(
         "auto", description="auto: Ray when an address is given, else in this process (threads); "
         "local: in this process; ray: Ray (local if no address); sequential: one thread, for tests")
@@ -58,8 +59,8 @@ class RunSpec(BaseModel):
     crs: str | None = None
     zarr_format: Literal[2, 3] = 3
     window_px: int | None = Field(
-        None, ge=16, description="None: each tile's halo box in one forward (cropped to the core); else "
-        "sliding windows of this size on the grid-wide lattice, blended")
+        None, ge=16, description="None: each tile's halo box in one forward, blended with its neighbours' "
+        "windows across tile borders; else sliding windows of this size inside each tile, blended")
     overlap_px: int = Field(64, ge=0, description="overlap of sliding windows (with window_px)")
     write_probability: bool = False
     max_actors: int | None = Field(None, ge=1)
