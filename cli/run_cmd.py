@@ -169,7 +169,7 @@ def _print_plan(plan: object, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(d))
         return
-    est = f", about {d['estimate_s']:.0f} s of model time here" if d["estimate_s"] is not None else ""
+    est = f", about {d['estimate_s']:.1f} s of model time here" if d["estimate_s"] is not None else ""
     if d.get("model_work_per_px") is not None:
         est += f", model work {d['model_work_per_px']:.2f} px per output px"
     typer.echo(
