@@ -305,6 +305,10 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         if session is not None:
             session.close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
         finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
+    except SystemExit as exc:
+        if _SIGTERM_RECEIVED.is_set() and not isinstance(exc, Terminated):
+            raise Terminated from None  # raised inside Ray's wait: still a SIGTERM (exit 143, not 1)
+        raise
     finally:
         if session is not None:
             session.close()
@@ -506,7 +510,13 @@ def _ray_connected() -> bool:
     return ray.is_initialized()
 
 
+#: Set by the SIGTERM handler: Ray's ``ray.wait`` / ``ray.get`` check signals inside their C++ loop and turn
+#: the handler's :class:`Terminated` into a plain ``SystemExit(1)``; this tells the two apart.
+_SIGTERM_RECEIVED = threading.Event()
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM_RECEIVED.set()
     raise Terminated
 
 
