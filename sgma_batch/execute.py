@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sgma_batch.grid import TileTask, morton_key
+from sgma_batch.grid import TileTask
 from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile, write_tile
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Assembler", "FailedPart", "Forwarded", "InferenceConfig", "Normalisation", "TileInputs", "TileRunner", "TileWriter",
     "batch_key",
-    "execute_local", "execute_sequential", "local_workers", "neighbours", "order_by_signature", "read_tile", "tile_order",
+    "execute_local", "execute_sequential", "local_workers", "neighbours", "read_tile", "tile_order",
 ]
 
 
@@ -476,17 +476,6 @@ def tile_order(tasks: Iterable[TileTask], seed: int | None = None) -> list[TileT
     With ``seed``, a seeded shuffle instead: results must not depend on the order (determinism tests).
     """
     ordered = sorted(tasks, key=lambda t: t.index)
-    if seed is not None:
-        import random
-
-        random.Random(seed).shuffle(ordered)
-    return ordered
-
-
-def order_by_signature(tasks: Iterable[TileTask], seed: int | None = None) -> list[TileTask]:
-    """Tiles grouped by which modalities they have, then in Z order of their grid index (the Ray executor's
-    read order: each reader takes a contiguous run). With ``seed``, a seeded shuffle instead."""
-    ordered = sorted(tasks, key=lambda t: (t.signature, morton_key(*t.index)))
     if seed is not None:
         import random
 

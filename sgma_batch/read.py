@@ -67,7 +67,7 @@ _GDAL_OPTIONS: dict[str, Any] = {
 
 #: GDAL block cache per process, in MB (set once, before the first read; ``GDAL_CACHEMAX`` in the
 #: environment wins). Bounded so that many read workers on one node do not each take 5 % of its RAM, and
-#: so that memory stays flat with area. Tiles are read in Z order (``execute.order_by_signature``), so a
+#: so that memory stays flat with area. Tiles are read in row-major order (``execute.tile_order``), so a
 #: source block serves the tiles around it while it is still cached: reading 1024 km2 (169 tiles of
 #: 256 px, 512 px deflate COG blocks, ~24 assets per tile) took 0.083 / 0.046 / 0.037 / 0.038 CPU s per
 #: tile with 32 / 64 / 128 / 256 MB; in row order with 64 MB, 0.073 (every other tile: 0.10).
