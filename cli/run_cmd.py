@@ -130,7 +130,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
         from sgma_batch.errors import StoreCorruptError
-        from sgma_batch.store import label_agreement, manifest_summary
+        from sgma_batch.agreement import label_agreement
+        from sgma_batch.store import manifest_summary
 
         if not (Path(store) / "manifest").is_dir():
             raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")

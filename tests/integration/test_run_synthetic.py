@@ -104,7 +104,7 @@ def test_cli_on_a_generated_archive_with_label_agreement(checkpoint, tmp_path):
 
 
 def test_defaults_are_the_demo_archive_and_the_shipped_model_which_maps_the_truth(tmp_path):
-    from sgma_batch.store import label_agreement
+    from sgma_batch.agreement import label_agreement
 
     cache = tmp_path / "xdg"
     out = tmp_path / "demo.zarr"

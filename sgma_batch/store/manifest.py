@@ -1,0 +1,121 @@
+"""Tile writes and the manifest: one writer per chunk, and a tile's record committed atomically after its data.
+
+A record's presence in ``manifest/<tile_id>.json`` is the tile's commit point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgma_batch.errors import StoreCorruptError
+from sgma_batch.store.layout import (
+    CLASS_NODATA,
+    MANIFEST_DIR,
+    NODATA,
+    ROBUSTNESS_SCALE,
+    StoreLayout,
+    TileArrays,
+)
+
+DONE_STATUSES = frozenset({"computed", "nodata"})  # degraded/failed tiles are retried on a rerun
+
+
+def _check_region(region: tuple[slice, slice], layout: StoreLayout) -> None:
+    h, w = layout.geobox.shape.yx
+    t = layout.tile_px
+    for sl, n in zip(region, (h, w)):
+        # One writer per chunk: a region must start on a chunk edge and end on the next or at the edge.
+        if sl.start % t != 0 or not (sl.stop - sl.start == t or (sl.stop == n and sl.stop - sl.start <= t)):
+            raise AssertionError(f"region {region} is not one chunk of {t} px in a {h}x{w} grid")
+
+
+def write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slice], arrays: TileArrays) -> None:
+    """Write one tile core's arrays into exactly its own chunk of every variable."""
+    import zarr
+
+    _check_region(region, layout)
+    ys, xs = region
+    shape = (ys.stop - ys.start, xs.stop - xs.start)
+    assert arrays.class_.shape == shape, (arrays.class_.shape, shape)
+
+    def arr(name: str):  # open arrays directly: listing the group would visit manifest/ as well
+        return zarr.open_array(str(path), path=name, mode="r+", zarr_format=layout.zarr_format)
+
+    cls = arrays.class_.astype(np.uint8, copy=False)
+    nodata = cls == CLASS_NODATA  # (H, W): every variable is nodata there, whatever the caller passed
+    arr("class")[ys, xs] = cls
+    conf = np.maximum(arrays.confidence.astype(np.uint8, copy=False), 1)  # 0 is reserved for nodata
+    arr("confidence")[ys, xs] = np.where(nodata, NODATA["confidence"], conf).astype(np.uint8)
+    arr("modality_mask")[ys, xs] = np.where(nodata, NODATA["modality_mask"], arrays.modality_mask).astype(np.uint8)
+    arr("robustness")[:, ys, xs] = encode_robustness(arrays.robustness, nodata)
+    if layout.write_probability:
+        assert arrays.probability is not None
+        arr("probability")[:, ys, xs] = np.where(nodata, np.float16(np.nan), arrays.probability).astype(np.float16)
+
+
+def encode_robustness(weights_x255: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    """(M, H, W) uint8 weights x 255 (as :class:`TileArrays` carries them) to the stored x 254, 255 at ``nodata``.
+
+    Integer rounding, so the same input always gives the same bytes (determinism tests compare stores).
+    """
+    r = (weights_x255.astype(np.uint16) * ROBUSTNESS_SCALE + 127) // 255  # round half up; 255 -> 254
+    return np.where(nodata, NODATA["robustness"], r).astype(np.uint8)
+
+
+def _atomic_write_json(target: Path, record: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def commit_tile(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Commit a tile: write its manifest record atomically, after its data."""
+    directory = Path(path) / MANIFEST_DIR
+    directory.mkdir(exist_ok=True)
+    _atomic_write_json(directory / f"{record['tile_id']}.json", record)
+
+
+def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
+    """All committed tile records of a store, by tile id."""
+    directory = Path(path) / MANIFEST_DIR
+    out: dict[str, dict[str, Any]] = {}
+    if not directory.is_dir():
+        return out
+    for f in sorted(directory.glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            raise StoreCorruptError(f"manifest record {f} is not JSON; delete it to recompute that tile") from None
+        out[rec["tile_id"]] = rec
+    return out
+
+
+def manifest_summary(path: str | Path) -> dict[str, int]:
+    """Counts of committed tiles per status."""
+    counts: dict[str, int] = {}
+    for rec in read_manifest(path).values():
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    return counts
+
+
+def tile_records_done(manifest: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> set[str]:
+    """Ids of tasks whose committed record is done with a matching content hash (reusable)."""
+    return {
+        t.tile_id for t in tasks
+        if (rec := manifest.get(t.tile_id)) is not None
+        and rec.get("status") in DONE_STATUSES and rec.get("content_hash") == t.content_hash
+    }
