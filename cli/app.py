@@ -54,10 +54,9 @@ def _root(
 ) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from sgma_batch.stac_io import RedactSignedUrls  # light: no heavy imports
+    from sgma_batch.redact import install_log_redaction  # light: no heavy imports
 
-    for handler in logging.getLogger().handlers:  # signed URLs (SAS tokens) never reach a log line
-        handler.addFilter(RedactSignedUrls())
+    install_log_redaction()  # tokens, userinfo and credential headers never reach a log line
 
 
 for _name in COMMAND_MODULES:
@@ -82,14 +81,34 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(Terminated.exit_code)
-    except SystemExit:
+    except SystemExit as stop:
+        cause: BaseException | None = stop
+        while cause is not None:  # click turns Ctrl-C (SIGINT) into "Aborted!" and exit 1: make it 130
+            if isinstance(cause, KeyboardInterrupt):
+                sys.exit(130)
+            cause = cause.__cause__ or cause.__context__
         raise
+    except KeyboardInterrupt:
+        sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        from sgma_batch.redact import redact
+
         code = getattr(exc, "exit_code", None)
-        if debug or not isinstance(code, int):
-            raise
+        if debug or not isinstance(code, int):  # the traceback, redacted like every other output
+            import traceback
+
+            sys.stderr.write(redact(traceback.format_exc()))
+            sys.stderr.flush()
+            if getattr(exc, "hard_exit", False):
+                os._exit(code if isinstance(code, int) else 1)
+            sys.exit(code if isinstance(code, int) and debug else 1)
+
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {redact(message)}", err=True)
+        if getattr(exc, "hard_exit", False):  # a thread stuck in ray.init: do not wait for it at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         sys.exit(code)
 
 

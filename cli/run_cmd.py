@@ -69,6 +69,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
         from pydantic import ValidationError
+        break_lock: bool = typer.Option(
+            False, "--break-lock", help="Remove the store's run lock left by a dead job (a live owner: add --force)."
+        ),
+        force: bool = typer.Option(False, "--force", help="With --break-lock: also when its owner may be alive."),
+        connect_timeout: float = typer.Option(
+            120.0, "--connect-timeout", help="Seconds to wait for the Ray cluster before giving up (exit 5)."
+        ),
 
         from sgma_batch.errors import UsageError
         from sgma_batch.run import RunSpec, plan_run, run_mosaic
@@ -84,6 +91,7 @@ def register(app: typer.Typer) -> None:
                 zarr_format=zarr_format, write_probability=probability,
                 executor="sequential" if sequential else executor,
                 cache_dir=str(_cache_dir()), max_area_km2=max_area_km2,
+                break_lock=break_lock, force=force, connect_timeout_s=connect_timeout,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -97,7 +105,9 @@ def register(app: typer.Typer) -> None:
                 contextlib.redirect_stdout(sys.stderr):
             summary = run_mosaic(spec, progress=bar.update)
         if as_json:
-            typer.echo(json.dumps(summary.to_dict()))
+            from sgma_batch.redact import redact_obj
+
+            typer.echo(json.dumps(redact_obj(summary.to_dict())))
         else:
             typer.echo(
                 f"{summary.store}: {summary.tiles} tiles, {summary.reused} reused, {summary.computed} computed, "
@@ -166,7 +176,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_plan(plan: object, as_json: bool) -> None:
-    d = plan.to_dict()  # type: ignore[attr-defined]
+    from sgma_batch.redact import redact_obj
+
+    d = redact_obj(plan.to_dict())  # type: ignore[attr-defined]
     if as_json:
         typer.echo(json.dumps(d))
         return

@@ -174,6 +174,9 @@ class ChipWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise ChipStoreError(f"chip store {self.path} exists; pass --overwrite or choose another path")
+        from sgma_batch.safety import check_output_target
+
+        check_output_target(self.path, kind="chips", replace=True)  # --overwrite replaces only a chip store
         self.modalities = {m: tuple(b) for m, b in modalities.items()}
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
         c = chip_px

@@ -5,7 +5,7 @@ catch (``ValueError``, ``LookupError``, ``OSError``, ``RuntimeError``). The CLI 
 line and exits with ``err.exit_code``; ``docs/reliability.md`` lists the codes and messages.
 
 Exit codes: 0 success, 1 unexpected internal error, 2 command-line usage, 3 partial result (the job
-finished but some tiles are degraded or failed), 4 nothing found; 10-19 AOI, 20-29 catalogue and
+finished but some tiles are degraded or failed), 4 nothing found, 5 Ray cluster unreachable; 10-19 AOI, 20-29 catalogue and
 search, 30-39 model and checkpoint, 40-49 output store, 50-59 training and chips, 60-69 data/assets;
 143 stopped by SIGTERM (:class:`Terminated`).
 """
@@ -32,6 +32,12 @@ class Terminated(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(self.exit_code)
+
+
+class ClusterUnreachableError(SgmaError, ConnectionError):
+    """The Ray cluster (``--address``, ``RAY_ADDRESS``) cannot be reached or did not answer in time."""
+
+    exit_code = 5
 
 
 class NothingFoundError(SgmaError, LookupError):
@@ -71,6 +77,12 @@ class AOITooLargeError(AOIError):
 
 class AOIAntimeridianError(AOIError):
     exit_code = 16
+
+
+class PlanTooLargeError(SgmaError, ValueError):
+    """Parameters that plan more pixels, tiles or periods than the size guards allow."""
+
+    exit_code = 18
 
 
 # -- catalogue and search (20-29) -------------------------------------------------------------------
@@ -150,6 +162,13 @@ class AssetReadError(SgmaError, OSError):
 
 class CorruptAssetError(AssetReadError):
     exit_code = 61
+
+
+class UnsafeOutputError(StoreError):
+    """An output path sgma-batch refuses to create or replace: not a store of the expected kind, ``.``,
+    ``~``, a mount point, a symlink, a file, a non-empty folder it did not write."""
+
+    exit_code = 44
 
 
 class EmptyDataError(SgmaError, ValueError):

@@ -55,7 +55,7 @@ class RunSpec(BaseModel):
         "local: in this process; ray: Ray (local if no address); sequential: one thread, for tests")
     tile_px: int = Field(512, ge=16)
     halo_px: int = Field(32, ge=0)
-    res_m: float = Field(10.0, gt=0)
+    res_m: float = Field(10.0, gt=0, allow_inf_nan=False)
     crs: str | None = None
     zarr_format: Literal[2, 3] = 3
     window_px: int | None = Field(
@@ -72,7 +72,11 @@ class RunSpec(BaseModel):
     threads: int = Field(1, ge=1)
     read_retries: int = Field(3, ge=0, description="retries of a failed asset read (exponential backoff)")
     read_backoff_s: float = Field(0.5, ge=0, description="first backoff delay; doubles per retry")
-    max_area_km2: float | None = None
+    max_area_km2: float | None = Field(None, gt=0, allow_inf_nan=False)
+    connect_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False,
+                                     description="how long to wait for the Ray cluster before giving up (exit 5)")
+    break_lock: bool = Field(False, description="remove the store's run lock if its owner is dead")
+    force: bool = Field(False, description="with break_lock: also when the owner may be alive")
     task_order_seed: int | None = Field(
         None, description="run tiles in a seeded shuffled order instead of by signature (determinism tests)"
     )
@@ -191,7 +195,13 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
             "widen the time window or check the catalogue"
         )
     _check_model_fits(model_path, card, scenes)
-    geobox = target_geobox(aoi.geometry, res_m=spec.res_m, crs=spec.crs or aoi.utm_epsg)
+    from sgma_batch.inputs import check_plan_size, checked_crs
+
+    check_plan_size(pixels=aoi.area_km2 * 1e6 / spec.res_m**2, hint="use a coarser --res or a smaller AOI")
+    geobox = target_geobox(aoi.geometry, res_m=spec.res_m, crs=checked_crs(spec.crs) or aoi.utm_epsg)
+    check_plan_size(pixels=geobox.shape.y * geobox.shape.x,
+                    tiles=-(-geobox.shape.y // spec.tile_px) * -(-geobox.shape.x // spec.tile_px),
+                    hint="use a coarser --res, a larger --tile-px or a smaller AOI")
     cfg_hash = config_hash(_output_config(spec, aoi.geometry.wkb))
     tasks = plan_tiles(
         geobox, aoi.geometry, tile_px=spec.tile_px, halo_px=spec.halo_px,
@@ -231,9 +241,18 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch.execute_ray import execute_ray
     from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
+    from contextlib import ExitStack
+
+    from sgma_batch.redact import redact_obj
+    from sgma_batch.safety import check_output_target, probe_ray_address, run_lock
+
     t0 = time.perf_counter()
     session: _RaySession | None = None
     executor = resolve_executor(spec)
+    check_output_target(spec.out, kind="mosaic")  # never write into '.', '~', a file or a foreign folder
+    if executor == "ray" and not _ray_connected():
+        probe_ray_address(spec.address)  # a dead host:port fails in seconds, not after ray.init's retries
+    locks = ExitStack()
     on_main = threading.current_thread() is threading.main_thread()
     # SIGTERM (a pod stopped, `timeout`) exits through the finally blocks: threads stopped, actors killed, Ray
     # shut down; the committed tiles stay (the CLI exits 143)
@@ -254,6 +273,12 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             "config_hash": prep.cfg_hash, "config": _output_config(spec, aoi.geometry.wkb), "catalog": prep.catalog,
             "window": [prep.start, prep.end], "created": datetime.now(UTC).isoformat(), "software": __version__,
         }
+        provenance = redact_obj(provenance)  # root attributes and the STAC item are world-readable
+        if executor == "ray" and session is None and not _ray_connected() and _has_work(spec.out, layout, tasks):
+            session = _RaySession(spec.address)
+        if session is not None:
+            session.wait(spec.connect_timeout_s)  # the cluster is usable before the store is touched
+        locks.enter_context(run_lock(spec.out, note="sgma-batch run", break_lock=spec.break_lock, force=spec.force))
         creating = None
         if executor == "local" and not Path(spec.out).exists():
             # a new store has nothing to reuse: create it while the first tiles are read and forwarded
@@ -310,6 +335,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             raise Terminated from None  # raised inside Ray's wait: still a SIGTERM (exit 143, not 1)
         raise
     finally:
+        locks.close()
         if session is not None:
             session.close()
         if on_main:
@@ -504,6 +530,15 @@ def _lonlat(geometry: Any) -> Any:
     return geom.Geometry(geometry, "EPSG:4326")
 
 
+def _has_work(out: str, layout: Any, tasks: list[Any]) -> bool:
+    """Read-only: whether a run into ``out`` has tiles to compute (a new store has all of them)."""
+    from sgma_batch.store import check_store, read_manifest, tile_records_done
+
+    if not check_store(out, layout):
+        return True
+    return len(tile_records_done(read_manifest(out), tasks)) < len(tasks)
+
+
 def _ray_connected() -> bool:
     import ray
 
@@ -564,14 +599,29 @@ class _RaySession:
         self._stop.wait()
         ray.shutdown()
 
-    def wait(self) -> None:
-        """Block until Ray is up; re-raise what ``ray.init`` raised."""
-        self._ready.wait()
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Block until Ray is up (at most ``timeout_s``); re-raise what ``ray.init`` raised.
+
+        Raises:
+            ClusterUnreachableError: Ray did not connect in time (exit 5); ``ray.init`` stays stuck on its
+                daemon thread, so the CLI exits without waiting for it.
+        """
+        from sgma_batch.errors import ClusterUnreachableError
+
+        if not self._ready.wait(timeout_s):
+            from sgma_batch.redact import redact
+
+            err = ClusterUnreachableError(
+                f"Ray cluster at {redact(self._address or 'RAY_ADDRESS/auto')} did not answer within "
+                f"{timeout_s:g} s; start the cluster, fix --address/RAY_ADDRESS, or run without Ray")
+            err.hard_exit = True  # type: ignore[attr-defined]
+            raise err
         if self._error is not None:
             raise self._error
 
     def close(self, *, wait: bool = True) -> None:
-        """Shut Ray down once it is up; ``wait``: until it is down."""
+        """Shut Ray down once it is up; ``wait``: until it is down. A ``ray.init`` still trying to connect
+        is not waited for (it cannot be interrupted): its daemon thread ends with the process."""
         self._stop.set()
-        if wait:
-            self._thread.join()
+        if wait and self._ready.is_set():
+            self._thread.join(timeout=60)
