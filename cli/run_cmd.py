@@ -66,9 +66,6 @@ def register(app: typer.Typer) -> None:
         sequential: bool = typer.Option(False, "--sequential", help="One tile at a time in this process (= --executor sequential)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Only plan: what would be computed/reused (= plan)."),
-    ) -> None:
-        """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
-        from pydantic import ValidationError
         break_lock: bool = typer.Option(
             False, "--break-lock", help="Remove the store's run lock left by a dead job (a live owner: add --force)."
         ),
@@ -76,6 +73,9 @@ def register(app: typer.Typer) -> None:
         connect_timeout: float = typer.Option(
             120.0, "--connect-timeout", help="Seconds to wait for the Ray cluster before giving up (exit 5)."
         ),
+    ) -> None:
+        """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
+        from pydantic import ValidationError
 
         from sgma_batch.errors import UsageError
         from sgma_batch.run import RunSpec, plan_run, run_mosaic
