@@ -35,6 +35,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sgma_batch.store import TileRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_throughput.json"
@@ -144,15 +148,17 @@ def measure(cmd: list[str]) -> dict:
             "result": json.loads(lines[-1]) if lines else None}
 
 
-def _px(rec: dict) -> int:
-    (y0, y1), (x0, x1) = rec["region"]
+def _px(rec: TileRecord) -> int:
+    (y0, y1), (x0, x1) = rec.region
     return (y1 - y0) * (x1 - x0)
 
 
 def steady_state(store: Path, started_unix: float) -> dict:
     """Start-up (process start to the first tile commit) and the steady state: tiles committed after the
     first, over the time between the first and the last commit (km2 of tile cores, 10 m pixels)."""
-    recs = sorted(((p.stat().st_mtime, json.loads(p.read_text())) for p in (store / "manifest").glob("*.json")),
+    from sgma_batch.store import TileRecord
+
+    recs = sorted(((p.stat().st_mtime, TileRecord.from_json(p.read_bytes())) for p in (store / "manifest").glob("*.json")),
                   key=lambda r: r[0])  # two commits in the same mtime tick must not compare the records
     if not recs:
         return {"first_commit_s": None, "tiles_per_s": None, "km2_per_h": None}

@@ -9,9 +9,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import typer
+
+if TYPE_CHECKING:
+    from sgma_batch.store import TileRecord
 
 
 def _cache_dir() -> Path:
@@ -139,8 +142,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
-        from sgma_batch.errors import StoreCorruptError
         from sgma_batch.agreement import label_agreement
+        from sgma_batch.errors import StoreCorruptError
         from sgma_batch.store import manifest_summary
 
         if not (Path(store) / "manifest").is_dir():
@@ -220,7 +223,7 @@ class _Progress:
             self._bar.__enter__()
         return self
 
-    def update(self, completed: int, total: int, record: dict | None) -> None:
+    def update(self, completed: int, total: int, record: TileRecord | None) -> None:
         if self._bar is None:
             return
         if self._task is None:
@@ -229,8 +232,8 @@ class _Progress:
             return
         elapsed = max(time.perf_counter() - self._t0, 1e-6)
         rate = ""
-        if record is not None and record.get("region"):
-            (y0, y1), (x0, x1) = record["region"]
+        if record is not None:
+            (y0, y1), (x0, x1) = record.region
             self._km2 += (y1 - y0) * (x1 - x0) * self.px_km2
             rate = f"{self._km2:,.1f} km2, {self._km2 / elapsed * 3600:,.0f} km2/h"
         self._bar.update(self._task, completed=completed, rate=rate)

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sgma_batch.grid import TileTask
-from sgma_batch.store import CLASS_NODATA, StoreLayout, TileArrays, commit_tile, write_tile
+from sgma_batch.store import (
+    CLASS_NODATA,
+    StoreLayout,
+    TileArrays,
+    TileRecord,
+    TileTiming,
+    commit_tile,
+    write_tile,
+)
 
 if TYPE_CHECKING:
     from sgma_batch.blend import Part  # imports torch: not at import time (read workers never load it)
@@ -269,7 +277,7 @@ class TileRunner:
                                  {i: failed for i in (task.index, *neighbours(task.index))})
         return [done[id(t)] for t in tiles]
 
-    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> dict[str, Any]:
+    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> TileRecord:
         """See :meth:`TileWriter.write`."""
         return self.writer.write(fwd, parts)
 
@@ -323,7 +331,7 @@ class TileWriter:
             p16[:, ~valid] = np.nan
         return TileArrays(cls, conf, mask_bits, rob, p16)
 
-    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> dict[str, Any]:
+    def write(self, fwd: Forwarded, parts: Sequence[Any]) -> TileRecord:
         """Blend the parts over a tile's core, write its chunk and commit its manifest record; the record.
 
         A :class:`FailedPart` among ``parts``: that neighbour's forward failed, so its strip of this core was
@@ -338,16 +346,7 @@ class TileWriter:
         parts = [p for p in parts if not isinstance(p, FailedPart)]
         if missing:
             errors["neighbours"] = f"blended without the failed tiles {', '.join(sorted(missing))}"
-        record: dict[str, Any] = {
-            "tile_id": task.tile_id,
-            "index": list(task.index),
-            "region": [[task.region[0].start, task.region[0].stop], [task.region[1].start, task.region[1].stop]],
-            "content_hash": task.content_hash,
-            "scenes": task.scene_ids(),
-            "scenes_used": {m: list(v) for m, v in fwd.scenes_used.items()},
-            "modalities": list(fwd.modalities),
-            "error": errors or None,
-        }
+        timing, worker = None, None
         try:
             if fwd.error is not None:
                 raise RuntimeError(fwd.error)
@@ -362,15 +361,15 @@ class TileWriter:
                 status = "nodata"
             else:
                 status = "computed"
-            record["timing"] = {"read_s": round(fwd.read_s, 4), "infer_s": round(fwd.forward_s + t1 - t0, 4),
-                                "write_s": round(t2 - t1, 4)}
-            record["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # provenance: which process wrote it
+            timing = TileTiming(round(fwd.read_s, 4), round(fwd.forward_s + t1 - t0, 4), round(t2 - t1, 4))
+            worker = f"{socket.gethostname()}:{os.getpid()}"  # provenance: which process wrote it
         except Exception as exc:
             if fwd.error is None:
                 log.exception("tile %s failed", task.tile_id)
             status = "failed"
-            record["error"] = {**(record["error"] or {}), "tile": f"{type(exc).__name__}: {exc}"}
-        record["status"] = status
+            errors["tile"] = f"{type(exc).__name__}: {exc}"
+        record = TileRecord.for_task(task, status, scenes_used=fwd.scenes_used, modalities=fwd.modalities,
+                                     errors=errors, timing=timing, worker=worker)
         commit_tile(self.cfg.store, record)  # after the data: the commit point
         return record
 
@@ -488,9 +487,9 @@ def execute_sequential(
     cfg: InferenceConfig,
     *,
     context: Sequence[TileTask] = (),
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[TileRecord], None] | None = None,
     order_seed: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[TileRecord]:
     """Run every tile in this process, one after another (tests, debugging); the same per-tile code as the
     other executors. ``context``: committed tiles next to ``tasks``, forwarded only for their parts."""
     import torch
@@ -546,12 +545,12 @@ def execute_local(
     workers: int | None = None,
     readers: int | None = None,
     batch_size: int | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[TileRecord], None] | None = None,
     order_seed: int | None = None,
     device: str | None = None,
     context: Sequence[TileTask] = (),
     before_write: Callable[[], Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[TileRecord]:
     """Run the plan in this process: reader threads feed forward threads that share one model.
 
     No Ray: nothing to start, one copy of the model and of the read stack, no object store. GDAL and torch
@@ -631,7 +630,7 @@ def execute_local(
     threads = [threading.Thread(target=work, name=f"sgma-forward-{i}", daemon=True) for i in range(n_workers)]
     pool = ThreadPoolExecutor(n_readers, thread_name_prefix="sgma-read")
     look_ahead = n_readers + 2 * n_workers * batch  # tiles being read, ready, or in a forward
-    records: list[dict[str, Any]] = []
+    records: list[TileRecord] = []
     submitted, forwarded = 0, [0]
 
     def refill() -> None:

@@ -49,6 +49,7 @@ from sgma_batch.execute import (
     tile_order,
 )
 from sgma_batch.grid import TileTask
+from sgma_batch.store import TileRecord
 
 log = logging.getLogger(__name__)
 
@@ -401,10 +402,10 @@ def execute_ray(
     max_actors: int | None = None,
     gpus_per_actor: float | None = None,
     batch_size: int | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[TileRecord], None] | None = None,
     order_seed: int | None = None,
     context: Sequence[TileTask] = (),
-) -> list[dict[str, Any]]:
+) -> list[TileRecord]:
     """Run the plan on the connected Ray cluster (``ray.init`` is the caller's business).
 
     Reader actors read tiles in row-major order, two queued on each; finished reads of one
@@ -465,7 +466,7 @@ class _Stream:
 
     def __init__(self, tasks: Sequence[TileTask], context: Sequence[TileTask], cfg: InferenceConfig,
                  plan: PoolPlan, readers: _Pool, infer: _Pool, batch: int | None, order_seed: int | None,
-                 on_record: Callable[[dict[str, Any]], None] | None, max_actors: int | None) -> None:
+                 on_record: Callable[[TileRecord], None] | None, max_actors: int | None) -> None:
         self.plan, self.readers, self.infer = plan, readers, infer
         self.n_tasks, self.to_forward, self.forwarded = len(tasks), len(tasks) + len(context), 0
         self.batch = batch if batch is not None else (None if plan.actor_gpus > 0 else 1)
@@ -477,7 +478,7 @@ class _Stream:
         self.redo: deque[TileTask] = deque()  # tiles to read again (their inputs were lost), first
         self.tiles: dict[Any, Any] = {}  # a read's key ref -> its tile ref
         self.ready: list[tuple[Any, Any, TileTask]] = []  # finished reads, oldest first: (key, tile ref, task)
-        self.records: list[dict[str, Any]] = []
+        self.records: list[TileRecord] = []
         self.attempts: dict[str, int] = {}
         self.read_s = self.infer_s = 0.0
         self.stalled: dict[str, float] = {}
@@ -488,7 +489,7 @@ class _Stream:
     def pending(self) -> bool:
         return bool(self.reads_left() or self.ready or self.readers.calls or self.infer.calls)
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[TileRecord]:
         import ray
 
         next_look = time.monotonic()

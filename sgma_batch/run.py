@@ -18,18 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sgma_batch.errors import EmptyDataError, ModalityMismatchError, NothingFoundError, Terminated, UsageError
+
+if TYPE_CHECKING:
+    from sgma_batch.store import TileRecord
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Progress", "RunPlan", "RunSpec", "RunSummary", "plan_run", "run_mosaic"]
 
 # progress(completed_tiles, total_tiles, record or None): called once before the first tile and per tile.
-Progress = Callable[[int, int, "dict[str, Any] | None"], None]
+Progress = Callable[[int, int, "TileRecord | None"], None]
 
 
 class RunSpec(BaseModel):
@@ -303,13 +306,13 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         if progress is not None:
             progress(len(done), len(tasks), None)
 
-        def on_record(rec: dict[str, Any]) -> None:
+        def on_record(rec: TileRecord) -> None:
             completed[0] += 1
             if progress is not None:
                 progress(completed[0], len(tasks), rec)
 
         if not todo:
-            records: list[dict[str, Any]] = []
+            records: list[TileRecord] = []
         elif executor == "sequential":
             records = execute_sequential(todo, cfg, context=context, on_record=on_record,
                                          order_seed=spec.task_order_seed)
@@ -340,7 +343,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             session.close()
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    counts = {s: sum(1 for r in records if r["status"] == s) for s in ("computed", "degraded", "failed", "nodata")}
+    counts = {s: sum(1 for r in records if r.status == s) for s in ("computed", "degraded", "failed", "nodata")}
     if records and counts["nodata"] == len(records) and not done:
         raise EmptyDataError(
             f"no valid pixel in any of the {sum(map(len, prep.scenes.values()))} scenes over the AOI (all NaN or "

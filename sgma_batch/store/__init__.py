@@ -3,6 +3,7 @@
 * :mod:`~sgma_batch.store.layout`: variables, nodata, georeferencing attributes, the template; create, open
   and check a store;
 * :mod:`~sgma_batch.store.manifest`: chunk-aligned tile writes and the manifest (the commit point);
+* :mod:`~sgma_batch.store.record`: :class:`TileRecord`, the typed manifest record (JSON, schema version);
 * :mod:`~sgma_batch.store.overviews`: nearest-neighbour overviews;
 * :mod:`~sgma_batch.store.render`: the quicklook PNGs;
 * :mod:`~sgma_batch.store.stac`: the STAC Item;
@@ -25,7 +26,6 @@ from sgma_batch.store.layout import (
     open_or_create_store,
 )
 from sgma_batch.store.manifest import (
-    DONE_STATUSES,
     commit_tile,
     encode_robustness,
     manifest_summary,
@@ -34,6 +34,7 @@ from sgma_batch.store.manifest import (
     write_tile,
 )
 from sgma_batch.store.overviews import _OVERVIEW_FILL, _overview_levels  # noqa: F401 - tests check them
+from sgma_batch.store.record import DONE_STATUSES, SCHEMA_VERSION, TileRecord, TileStatus, TileTiming
 from sgma_batch.store.render import render_drivers, render_quicklook
 
 __all__ = [
@@ -43,8 +44,12 @@ __all__ = [
     "MANIFEST_DIR",
     "NODATA",
     "ROBUSTNESS_SCALE",
+    "SCHEMA_VERSION",
     "StoreLayout",
     "TileArrays",
+    "TileRecord",
+    "TileStatus",
+    "TileTiming",
     "check_store",
     "commit_tile",
     "encode_robustness",

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from sgma_batch.errors import StoreCorruptError
 from sgma_batch.store.layout import (
     CLASS_NODATA,
     MANIFEST_DIR,
@@ -23,8 +22,7 @@ from sgma_batch.store.layout import (
     StoreLayout,
     TileArrays,
 )
-
-DONE_STATUSES = frozenset({"computed", "nodata"})  # degraded/failed tiles are retried on a rerun
+from sgma_batch.store.record import DONE_STATUSES, TileRecord  # noqa: F401 - DONE_STATUSES re-exported
 
 
 def _check_region(region: tuple[slice, slice], layout: StoreLayout) -> None:
@@ -69,11 +67,17 @@ def encode_robustness(weights_x255: np.ndarray, nodata: np.ndarray) -> np.ndarra
     return np.where(nodata, NODATA["robustness"], r).astype(np.uint8)
 
 
-def _atomic_write_json(target: Path, record: Mapping[str, Any]) -> None:
+#: Mode of the files written here (manifest records, the STAC item): readable by all, like the Zarr files.
+FILE_MODE = 0o644
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (a temporary file, fsync, rename), mode :data:`FILE_MODE`."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, sort_keys=True, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -82,25 +86,31 @@ def _atomic_write_json(target: Path, record: Mapping[str, Any]) -> None:
         raise
 
 
-def commit_tile(path: str | Path, record: Mapping[str, Any]) -> None:
+def _atomic_write_json(target: Path, obj: Mapping[str, Any]) -> None:
+    _atomic_write(target, json.dumps(obj, sort_keys=True, default=str))
+
+
+def commit_tile(path: str | Path, record: TileRecord) -> None:
     """Commit a tile: write its manifest record atomically, after its data."""
     directory = Path(path) / MANIFEST_DIR
     directory.mkdir(exist_ok=True)
-    _atomic_write_json(directory / f"{record['tile_id']}.json", record)
+    _atomic_write(directory / f"{record.tile_id}.json", record.to_json())
 
 
-def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
-    """All committed tile records of a store, by tile id."""
+def read_manifest(path: str | Path) -> dict[str, TileRecord]:
+    """All committed tile records of a store, by tile id.
+
+    Raises:
+        StoreCorruptError: a record is not JSON or not a tile record.
+        StoreIncompatibleError: a record was written by a newer sgma-batch (a newer schema version).
+    """
     directory = Path(path) / MANIFEST_DIR
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TileRecord] = {}
     if not directory.is_dir():
         return out
     for f in sorted(directory.glob("*.json")):
-        try:
-            rec = json.loads(f.read_text())
-        except json.JSONDecodeError:
-            raise StoreCorruptError(f"manifest record {f} is not JSON; delete it to recompute that tile") from None
-        out[rec["tile_id"]] = rec
+        rec = TileRecord.from_json(f.read_bytes(), source=f"manifest record {f}")
+        out[rec.tile_id] = rec
     return out
 
 
@@ -108,14 +118,13 @@ def manifest_summary(path: str | Path) -> dict[str, int]:
     """Counts of committed tiles per status."""
     counts: dict[str, int] = {}
     for rec in read_manifest(path).values():
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        counts[rec.status] = counts.get(rec.status, 0) + 1
     return counts
 
 
-def tile_records_done(manifest: Mapping[str, Mapping[str, Any]], tasks: Sequence[Any]) -> set[str]:
+def tile_records_done(manifest: Mapping[str, TileRecord], tasks: Sequence[Any]) -> set[str]:
     """Ids of tasks whose committed record is done with a matching content hash (reusable)."""
     return {
         t.tile_id for t in tasks
-        if (rec := manifest.get(t.tile_id)) is not None
-        and rec.get("status") in DONE_STATUSES and rec.get("content_hash") == t.content_hash
+        if (rec := manifest.get(t.tile_id)) is not None and rec.done and rec.content_hash == t.content_hash
     }

@@ -3,7 +3,6 @@ CLI as a user runs it, store snapshots for bitwise comparison, and process-tree 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sgma_batch.store import TileRecord, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 # Tests turn Ray token auth off; a short GDAL HTTP timeout makes injected stalls cost seconds, not minutes.
@@ -82,9 +83,9 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f"), k
 
 
-def manifest(store: Path) -> dict[str, dict[str, Any]]:
-    d = store / "manifest"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+def manifest(store: Path) -> dict[str, TileRecord]:
+    """The committed tile records of ``store`` by tile id (none when it has no manifest yet)."""
+    return read_manifest(store)
 
 
 def descendants(pid: int) -> list[int]:

@@ -184,8 +184,8 @@ def test_corrupt_cogs_degrade_the_tiles_and_name_the_assets(world, tmp_path):
     s = json.loads(r.stdout)
     assert s["degraded"] == s["tiles"] and s["failed"] == 0
     for rec in rh.manifest(out).values():
-        assert rec["modalities"] == ["dem"]
-        assert {"s1/s1-a", "s1/s1-b"} <= set(rec["error"]), rec["error"]
+        assert rec.modalities == ("dem",)
+        assert {"s1/s1-a", "s1/s1-b"} <= set(rec.errors), rec.errors
 
 
 def test_nan_only_bands_are_an_error_not_an_empty_map(world, tmp_path):
@@ -197,4 +197,4 @@ def test_nan_only_bands_are_an_error_not_an_empty_map(world, tmp_path):
     assert "no valid pixel" in line
     # the tiles are recorded (a rerun with fixed data recomputes them), none of them claims a class
     recs = rh.manifest(out).values()
-    assert recs and all(rec["status"] == "nodata" for rec in recs)
+    assert recs and all(rec.status == "nodata" for rec in recs)

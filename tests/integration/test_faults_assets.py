@@ -69,7 +69,7 @@ def test_flaky_assets_give_a_bitwise_identical_store(archive, checkpoint, clean_
     assert sum(stats["faults"].values()) >= 4, stats
     assert set(stats["faults"]) == {"5xx", "reset", "stall", "truncate"}, stats
     rh.assert_same_store(clean_store, out)
-    assert {r["status"] for r in rh.manifest(out).values()} == {"computed"}
+    assert {r.status for r in rh.manifest(out).values()} == {"computed"}
 
 
 def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, checkpoint, tmp_path):
@@ -89,9 +89,9 @@ def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, chec
     records = rh.manifest(out)
     assert len(records) == summary["tiles"]
     for rec in records.values():
-        assert rec["status"] == "degraded"
-        assert rec["modalities"] == ["dem"] and "s1" not in rec["scenes_used"]
-        assert {"s1/s1-a", "s1/s1-b"} <= set(rec["error"]), rec["error"]
+        assert rec.status == "degraded"
+        assert rec.modalities == ("dem",) and "s1" not in rec.scenes_used
+        assert {"s1/s1-a", "s1/s1-b"} <= set(rec.errors), rec.errors
     arrays = rh.store_arrays(out)
     mapped = arrays["class"] != 255
     assert mapped.mean() > 0.5  # still a map, from the DEM

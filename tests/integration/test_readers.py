@@ -55,8 +55,8 @@ def _store(archive: Path, checkpoint: Path, out: Path, fmt: int) -> Store:
     truth = {name: np.asarray(root[name][...]) for name in MAPS}
     records = read_manifest(out)
     # the tile with the most mapped pixels: its chunks exist and hold real classes, so a wrong fill would show
-    best = max(records.values(), key=lambda r: int((truth["class"][tuple(slice(*s) for s in r["region"])] != 255).sum()))
-    hole = tuple(slice(*s) for s in best["region"])
+    best = max(records.values(), key=lambda r: int((truth["class"][r.slices] != 255).sum()))
+    hole = best.slices
     assert (truth["class"][hole] != 255).mean() > 0.9
     tile_px = root.attrs["sgma:grid"]["tile_px"]
     for name in MAPS:
@@ -65,7 +65,7 @@ def _store(archive: Path, checkpoint: Path, out: Path, fmt: int) -> Store:
         chunk = out / name / arr.metadata.encode_chunk_key(index)
         assert chunk.is_file(), chunk
         chunk.unlink()
-    (out / "manifest" / f"{best['tile_id']}.json").unlink()
+    (out / "manifest" / f"{best.tile_id}.json").unlink()
     expected = {}
     for name, a in truth.items():
         e = a.copy()

@@ -72,7 +72,7 @@ def test_unchanged_archive_recomputes_nothing_and_a_new_scene_only_its_tiles(job
     third = reprocess(entries, spec_path=str(job))
     (o3,) = third.entries
     after = read_manifest(entries[0].store)
-    touched = {t for t, r in after.items() if "s1-new" in r["scenes"]["s1"]}
+    touched = {t for t, r in after.items() if "s1-new" in r.scenes["s1"]}
     assert 0 < len(touched) < o1.computed
     assert {t for t in after if after[t] != before[t]} == touched  # every other tile's record is untouched
     assert (o3.computed, o3.reused) == (len(touched), o1.computed - len(touched))

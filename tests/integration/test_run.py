@@ -62,8 +62,8 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
     assert ds.attrs["sgma:classes"][0]["name"] == "water"
     assert ds.attrs["sgma:modalities"] == ["s2", "s1", "dem"]
     manifest = read_manifest(out)
-    assert len(manifest) == s1.tiles and {r["status"] for r in manifest.values()} == {"computed"}
-    assert all(r["scenes"]["s1"] == ["s1-a", "s1-b"] or r["scenes"]["s1"] == ["s1-b", "s1-a"] for r in manifest.values())
+    assert len(manifest) == s1.tiles and {r.status for r in manifest.values()} == {"computed"}
+    assert all(r.scenes["s1"] == ("s1-a", "s1-b") or r.scenes["s1"] == ("s1-b", "s1-a") for r in manifest.values())
     cls = ds["class"].values
     # inside the AOI every pixel has a class; S1 (bit 1) and DEM (bit 2) present, no S2 (bit 0)
     inside = cls != 255
@@ -91,9 +91,9 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
         items["features"] = [f for f in items["features"] if f["id"] != "s1-new"]
         archive.write_text(json.dumps(items))
     manifest = read_manifest(out)
-    touched = {tuple(r["index"]) for r in manifest.values() if "s1-new" in r["scenes"]["s1"]}
-    ring = {tuple(r["index"]) for r in manifest.values()
-            if any(abs(r["index"][0] - i) <= 1 and abs(r["index"][1] - j) <= 1 for i, j in touched)}
+    touched = {r.index for r in manifest.values() if "s1-new" in r.scenes["s1"]}
+    ring = {r.index for r in manifest.values()
+            if any(abs(r.index[0] - i) <= 1 and abs(r.index[1] - j) <= 1 for i, j in touched)}
     assert 0 < len(touched) < len(ring) < s3.tiles
     assert s3.computed == len(ring) and s3.reused == s3.tiles - len(ring)
     assert fresh.computed == fresh.tiles
@@ -101,8 +101,8 @@ def test_ray_run_resume_and_incremental(ray_local, archive, checkpoint, tmp_path
     for name, arr in _arrays(tmp_path / "fresh.zarr").items():
         assert arr.tobytes() == after[name].tobytes(), name
     for rec in manifest.values():
-        (y0, y1), (x0, x1) = rec["region"]
-        if tuple(rec["index"]) not in ring:
+        (y0, y1), (x0, x1) = rec.region
+        if rec.index not in ring:
             assert np.array_equal(after["class"][y0:y1, x0:x1], first["class"][y0:y1, x0:x1])
 
     # a changed config recomputes every tile
@@ -140,7 +140,7 @@ def test_persistent_read_failure_degrades_and_is_retried(archive, checkpoint, tm
     s = run_mosaic(_spec(catalog, checkpoint, out, executor="sequential"))
     assert s.exit_code == 3 and s.degraded == s.tiles and s.failed == 0
     rec = next(iter(read_manifest(out).values()))
-    assert rec["status"] == "degraded" and "s1/s1-b" in rec["error"] and rec["scenes_used"]["s1"] == ["s1-a"]
+    assert rec.status == "degraded" and "s1/s1-b" in rec.errors and rec.scenes_used["s1"] == ("s1-a",)
     ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
     assert (ds["class"].values != 255).mean() > 0.8  # still mapped from s1-b and the DEM
     # the asset comes back: a rerun retries exactly the degraded tiles and all become computed

@@ -43,8 +43,8 @@ def test_actor_count_and_task_order_do_not_change_a_bit(ray_local, checkpoint, t
     two = _run(catalog, ckpt, tmp_path / "two.zarr", executor="ray", max_actors=2, batch_size=1, task_order_seed=7)
     seq = _run(catalog, ckpt, tmp_path / "seq.zarr", executor="sequential", task_order_seed=11)
 
-    workers_one = {r["worker"] for r in read_manifest(tmp_path / "one.zarr").values()}
-    workers_two = {r["worker"] for r in read_manifest(tmp_path / "two.zarr").values()}
+    workers_one = {r.worker for r in read_manifest(tmp_path / "one.zarr").values()}
+    workers_two = {r.worker for r in read_manifest(tmp_path / "two.zarr").values()}
     # One actor does every tile of the 1-actor pool. Which of the 2 actors gets which tile is up to Ray's
     # scheduler (on a loaded machine one actor can take all 6), so only the upper bound is certain; the
     # pool sizing itself is checked in tests/unit/test_plan.py.
@@ -56,5 +56,5 @@ def test_actor_count_and_task_order_do_not_change_a_bit(ray_local, checkpoint, t
             a, b = one[name], other[name]
             assert a.dtype == b.dtype and a.shape == b.shape, (name, label)
             assert a.tobytes() == b.tobytes(), f"{name} differs with {label}"
-    hashes = [{t: r["content_hash"] for t, r in read_manifest(tmp_path / f"{n}.zarr").items()} for n in ("one", "two", "seq")]
+    hashes = [{t: r.content_hash for t, r in read_manifest(tmp_path / f"{n}.zarr").items()} for n in ("one", "two", "seq")]
     assert hashes[0] == hashes[1] == hashes[2]

@@ -139,5 +139,5 @@ def test_batches_threads_order_and_ray_do_not_change_a_bit(area, tmp_path, ray_l
         got = _arrays(other.out)
         for name in VARIABLES:
             assert got[name].tobytes() == want[name].tobytes(), f"{name} differs with {other.executor}"
-    assert {t: r["content_hash"] for t, r in read_manifest(seq.out).items()} == \
-        {t: r["content_hash"] for t, r in read_manifest(local.out).items()}
+    assert {t: r.content_hash for t, r in read_manifest(seq.out).items()} == \
+        {t: r.content_hash for t, r in read_manifest(local.out).items()}

@@ -168,11 +168,11 @@ def test_every_modality_subset_is_written_with_its_mask_and_robustness(checkpoin
     for task in tasks:
         subset = SUBSETS[task.index[0] * COLS + task.index[1]]
         rec = manifest[task.tile_id]
-        assert rec["status"] == ("nodata" if not subset else "computed"), (task.tile_id, subset, rec)
+        assert rec.status == ("nodata" if not subset else "computed"), (task.tile_id, subset, rec)
         core_bits = set(np.unique(mask[task.region]).tolist())
         want = sum(1 << MODS.index(m) for m in subset)
         if subset == frozenset(MODS):
             assert core_bits == {want, want & ~1}  # the cloud patch removes S2 there
         else:
             assert core_bits == {want}
-        assert set(rec["modalities"]) >= subset  # the halo may see a neighbour's modality too
+        assert set(rec.modalities) >= subset  # the halo may see a neighbour's modality too

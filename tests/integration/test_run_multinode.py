@@ -72,7 +72,7 @@ def test_pool_grows_onto_a_joining_node_and_survives_one_leaving(archive, checkp
     assert s["tiles"] == ref.tiles == s["computed"] > 60 and s["failed"] == s["degraded"] == 0, s
     rh.assert_same_store(tmp_path / "ref.zarr", tmp_path / "multi.zarr")
     records = rh.manifest(tmp_path / "multi.zarr")
-    assert len(records) == ref.tiles and all(rec["status"] == "computed" for rec in records.values())
+    assert len(records) == ref.tiles and all(rec.status == "computed" for rec in records.values())
     node_of = {int(pid): node for pid, node in r["pid_node"].items()}  # every Ray worker seen, by node
     main_log, gpu_log = r["log"][: r["gpu_log_from"]], r["log"][r["gpu_log_from"] :]
     on = _forwarded_on(main_log, node_of)  # node -> tiles its inference actors forwarded

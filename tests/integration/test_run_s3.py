@@ -63,7 +63,7 @@ def test_run_reads_s3_assets_and_matches_the_local_run(archive, checkpoint, s3, 
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert (summary["tiles"], summary["computed"], summary["degraded"], summary["failed"]) == (6, 6, 0, 0)
-    assert {rec["status"] for rec in rh.manifest(out).values()} == {"computed"}
+    assert {rec.status for rec in rh.manifest(out).values()} == {"computed"}
     rh.assert_same_store(local, out)
 
     # The server process logged the reads: ranged GETs (206) of the DEM and the S1 scene the tiles used.
@@ -82,9 +82,9 @@ def test_a_missing_bucket_degrades_tiles_instead_of_crashing(archive, checkpoint
     assert s.exit_code == 3 and s.degraded == s.tiles > 0 and s.failed == 0
     errors: list[str] = []
     for rec in rh.manifest(out).values():
-        assert rec["status"] == "degraded" and "s1" not in rec["modalities"] and "dem" not in rec["modalities"]
-        assert set(rec["error"]) == {"dem/dem-1", "s1/s1-a", "s1/s1-b"}, rec["error"]
-        errors += rec["error"].values()
+        assert rec.status == "degraded" and "s1" not in rec.modalities and "dem" not in rec.modalities
+        assert set(rec.errors) == {"dem/dem-1", "s1/s1-a", "s1/s1-b"}, rec.errors
+        errors += rec.errors.values()
     # GDAL's S3 error (later tiles may get its cached "HTTP response code: 404" for the same object)
     assert any("bucket does not exist" in msg for msg in errors), errors
     assert any(path.startswith("/no-such-bucket/") for path in s3.served("HEAD") + s3.served("GET"))

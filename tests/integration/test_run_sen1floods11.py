@@ -130,7 +130,7 @@ def test_sen1floods11_chip_is_searched_warped_and_mapped(checkpoint, tmp_path):
     assert summary.scenes == {"s2": 1, "s1": 1} and summary.failed == 0 and summary.degraded == 0
     assert summary.computed >= 1 and summary.computed + summary.nodata == summary.tiles >= 4
     manifest = read_manifest(out)
-    assert {tuple(r["modalities"]) for r in manifest.values() if r["status"] == "computed"} == {("s1", "s2")}
+    assert {r.modalities for r in manifest.values() if r.status == "computed"} == {("s1", "s2")}
 
     ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
     gbox = ds.odc.geobox

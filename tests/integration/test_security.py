@@ -183,4 +183,4 @@ def test_signed_urls_never_reach_logs_or_the_store(tmp_path):
     for p in files:
         assert secret.encode() not in p.read_bytes(), p
     rec = next(iter(rh.manifest(out).values()))
-    assert proxy.url in json.dumps(rec["error"])  # errors name the (unsigned) href
+    assert proxy.url in json.dumps(dict(rec.errors))  # errors name the (unsigned) href

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from sgma_batch.store import (
     ROBUSTNESS_SCALE,
     StoreLayout,
     TileArrays,
+    TileRecord,
     commit_tile,
     encode_robustness,
     finish_store,
@@ -59,7 +61,7 @@ def _fill(path, layout):
     for i, t in enumerate(tasks):
         arr = _arrays(t, i)
         write_tile(path, layout, t.region, arr)
-        commit_tile(path, {"tile_id": t.tile_id, "status": "computed", "content_hash": t.content_hash})
+        commit_tile(path, TileRecord.for_task(t, "computed"))
         expected[t.region] = arr.class_
     return tasks, expected
 
@@ -107,8 +109,8 @@ def test_manifest_commit_and_reuse(tmp_path):
     assert set(manifest) == {t.tile_id for t in tasks}
     assert manifest_summary(path) == {"computed": len(tasks)}
     assert tile_records_done(manifest, tasks) == {t.tile_id for t in tasks}
-    commit_tile(path, {"tile_id": tasks[0].tile_id, "status": "degraded", "content_hash": tasks[0].content_hash})
-    commit_tile(path, {"tile_id": tasks[1].tile_id, "status": "computed", "content_hash": "other"})
+    commit_tile(path, TileRecord.for_task(tasks[0], "degraded"))
+    commit_tile(path, replace(TileRecord.for_task(tasks[1], "computed"), content_hash="other"))
     done = tile_records_done(read_manifest(path), tasks)
     assert tasks[0].tile_id not in done and tasks[1].tile_id not in done and len(done) == len(tasks) - 2
     assert not list((path / "manifest").glob(".*tmp"))
