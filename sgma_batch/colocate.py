@@ -11,6 +11,11 @@ Ranking (deterministic; ties end on the scene id):
 
 Scenes whose footprint does not intersect the cell, or whose time lies outside the window
 (except DEM), are not candidates. ``available`` says which modalities can exist at all in the cell.
+
+A run ranks once for its whole AOI (:func:`rank_scenes`) and every cell keeps that order
+(``plan_cell(..., keep_order=True)``): a pixel comes from the first scene in the run's order that has it
+valid, so the acquisition chosen changes only where a scene's footprint or valid data ends, never at a
+tile border.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ from sgma_batch.scenes import Scene
 from sgma_batch.search import TIMELESS_MODALITIES, parse_window
 
 STATIC_MODALITIES = TIMELESS_MODALITIES  # ranked without the time window (the DEM)
+
+
+def rank_scenes(
+    aoi_lonlat_geometry: BaseGeometry | Mapping[str, Any],
+    scenes_by_modality: Mapping[str, Iterable[Scene]],
+    start: str | date | datetime,
+    end: str | date | datetime,
+) -> dict[str, tuple[Scene, ...]]:
+    """One mosaic order per modality for a whole run: the ranking of :func:`plan_cell` with the coverage of
+    the whole AOI instead of one cell's. Pass the result to ``plan_cell(..., keep_order=True)``."""
+    return plan_cell(aoi_lonlat_geometry, scenes_by_modality, start, end).candidates
 
 
 @dataclass(frozen=True)
@@ -57,40 +73,8 @@ def _in_window(scene: Scene, start: datetime, end: datetime) -> bool:
     return start <= scene.datetime <= end
 
 
-def plan_cell(
-    cell_lonlat_geometry: BaseGeometry | Mapping[str, Any],
-    scenes_by_modality: Mapping[str, Iterable[Scene]],
-    start: str | date | datetime,
-    end: str | date | datetime,
-    *,
-    max_candidates: int | None = None,
-) -> CellPlan:
-    """Rank the candidate scenes of each modality for one grid cell.
-
-    Args:
-        cell_lonlat_geometry: the cell footprint in CRS84 (shapely or GeoJSON mapping); one across the
-            antimeridian may jump 360° or run past 180°.
-        scenes_by_modality: search results, ``{modality: [Scene, ...]}``.
-        start, end: the time window.
-        max_candidates: keep at most this many per modality (default: all).
-    """
-    cell = cell_lonlat_geometry if isinstance(cell_lonlat_geometry, BaseGeometry) else shape(cell_lonlat_geometry)
-    # A cell across ±180° arrives as a ring that jumps 360° (odc-geo's to_crs does not wrap): cut it at 180°
-    # into its two real parts, or it would read as a band around the whole globe.
-    cell = split_antimeridian(cell)
-    t0, t1 = parse_window(start, end)
-    centre = t0 + (t1 - t0) / 2
-    covered: dict[str, list[tuple[Scene, float]]] = {}
-    for mod, scenes in scenes_by_modality.items():
-        keep = []
-        for s in scenes:
-            if mod not in STATIC_MODALITIES and not _in_window(s, t0, t1):
-                continue
-            cov = _coverage(s, cell)
-            if cov > 0:
-                keep.append((s, cov))
-        covered[mod] = keep
-
+def _rank(covered: Mapping[str, list[tuple[Scene, float]]], centre: datetime) -> dict[str, list[Scene]]:
+    """Order (scene, coverage) pairs per modality by the module's ranking rules."""
     ranked: dict[str, list[Scene]] = {}
     if "s2" in covered:
         def optical_key(sc: tuple[Scene, float]) -> tuple:
@@ -109,6 +93,48 @@ def plan_cell(
             ranked[mod] = [
                 s for s, _ in sorted(items, key=lambda sc: (_seconds(sc[0].datetime, anchor), -round(sc[1], 9), sc[0].id))
             ]
+    return ranked
+
+
+def plan_cell(
+    cell_lonlat_geometry: BaseGeometry | Mapping[str, Any],
+    scenes_by_modality: Mapping[str, Iterable[Scene]],
+    start: str | date | datetime,
+    end: str | date | datetime,
+    *,
+    max_candidates: int | None = None,
+    keep_order: bool = False,
+) -> CellPlan:
+    """Rank the candidate scenes of each modality for one grid cell.
+
+    Args:
+        cell_lonlat_geometry: the cell footprint in CRS84 (shapely or GeoJSON mapping); one across the
+            antimeridian may jump 360° or run past 180°.
+        scenes_by_modality: search results, ``{modality: [Scene, ...]}``.
+        start, end: the time window.
+        max_candidates: keep at most this many per modality (default: all).
+        keep_order: the scenes are already ranked (:func:`rank_scenes` for the whole AOI): keep their
+            order and only drop those that miss the cell or the window, so every cell of a run composites
+            in one order and the scene chosen never changes at a cell border.
+    """
+    cell = cell_lonlat_geometry if isinstance(cell_lonlat_geometry, BaseGeometry) else shape(cell_lonlat_geometry)
+    # A cell across ±180° arrives as a ring that jumps 360° (odc-geo's to_crs does not wrap): cut it at 180°
+    # into its two real parts, or it would read as a band around the whole globe.
+    cell = split_antimeridian(cell)
+    t0, t1 = parse_window(start, end)
+    centre = t0 + (t1 - t0) / 2
+    covered: dict[str, list[tuple[Scene, float]]] = {}
+    for mod, scenes in scenes_by_modality.items():
+        keep = []
+        for s in scenes:
+            if mod not in STATIC_MODALITIES and not _in_window(s, t0, t1):
+                continue
+            cov = _coverage(s, cell)
+            if cov > 0:
+                keep.append((s, cov))
+        covered[mod] = keep
+
+    ranked = {m: [s for s, _ in v] for m, v in covered.items()} if keep_order else _rank(covered, centre)
     candidates = {
         mod: tuple(lst[:max_candidates] if max_candidates else lst) for mod, lst in ranked.items()
     }

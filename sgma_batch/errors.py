@@ -79,6 +79,12 @@ class AOIAntimeridianError(AOIError):
     exit_code = 16
 
 
+class AOIOutsideCatalogError(AOIError, LookupError):
+    """The AOI does not touch the area the catalogue covers (for the demo archive: a small synthetic area)."""
+
+    exit_code = 17
+
+
 class PlanTooLargeError(SgmaError, ValueError):
     """Parameters that plan more pixels, tiles or periods than the size guards allow."""
 
@@ -118,11 +124,24 @@ class UnsafeAssetError(SgmaError, ValueError):
     exit_code = 25
 
 
+class SignerUnavailableError(SgmaError, ValueError):
+    """A named href signer whose package is not installed (or cannot sign)."""
+
+    exit_code = 26
+
+
 # -- model and checkpoint (30-39): sgma_model.errors carries the same codes ---------------------------
 class ModalityMismatchError(SgmaError, ValueError):
     """The model needs modalities the catalogue does not offer (none of them at all)."""
 
     exit_code = 33
+
+
+class DomainShiftError(SgmaError, ValueError):
+    """Scenes of another processing level or units than the model card was trained on (L1C for L2A, GRD
+    dB for RTC); ``--allow-domain-shift`` turns it into a warning."""
+
+    exit_code = 35
 
 
 # -- output store (40-49) ---------------------------------------------------------------------------
@@ -175,3 +194,33 @@ class EmptyDataError(SgmaError, ValueError):
     """Bands that hold no valid value at all (all NaN / nodata)."""
 
     exit_code = 62
+
+
+class PermanentAssetError(AssetReadError):
+    """An asset read that cannot succeed by retrying (404, 403, no range support, unknown host): not retried.
+    Raised by the preflight (and by a run where it hit every tile) as a setup error."""
+
+    exit_code = 63
+
+
+class AssetNotFoundError(PermanentAssetError):
+    exit_code = 63
+
+
+class AssetAccessDeniedError(PermanentAssetError):
+    exit_code = 64
+
+
+class AssetNoRangeError(PermanentAssetError):
+    exit_code = 65
+
+
+class AssetHostUnreachableError(PermanentAssetError):
+    exit_code = 66
+
+
+class UnitMismatchError(SgmaError, ValueError):
+    """Pixel values that contradict the sensor profile's units (dB read as linear, reflectance already
+    scaled, ...)."""
+
+    exit_code = 67

@@ -40,7 +40,15 @@ from typing import Any
 import numpy as np
 from odc.geo.geobox import GeoBox
 
-from sgma_batch.errors import AssetReadError
+from sgma_batch.errors import (
+    AssetAccessDeniedError,
+    AssetHostUnreachableError,
+    AssetNoRangeError,
+    AssetNotFoundError,
+    AssetReadError,
+    PermanentAssetError,
+    UnsupportedSceneError,
+)
 from sgma_batch.scenes import AssetRef, Scene
 from sgma_batch.stac_io import resolve_href
 
@@ -99,6 +107,8 @@ class ModalityRead:
     valid: np.ndarray  # (H, W) bool
     scenes_used: tuple[str, ...] = ()
     errors: Mapping[str, str] = field(default_factory=dict)
+    # (H, W) int16: which of the given scenes (their index in the ranked list) each pixel came from, -1 none
+    source: np.ndarray | None = None
 
 
 _block_cache_lock = threading.Lock()
@@ -214,14 +224,31 @@ def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str 
 
 
 def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) -> np.ndarray:
+    """Band ``asset.index`` of an open dataset on the target grid; the item's nodata, else the file's, is
+    NaN in data bands (the fill value in categorical ones)."""
+    h, w = geobox.shape.yx
+    band = asset.index
+    if not 1 <= band <= src.count:
+        raise UnsupportedSceneError(
+            f"asset {asset.href} has {src.count} band(s), the item puts {asset.band!r} in band {band}; "
+            "fix the item's eo:bands (or bands) or the profile in --collections"
+        )
+    nodata = asset.nodata if asset.nodata is not None else src.nodatavals[band - 1]
+    fill = np.float32(nodata) if nodata is not None else (np.float32(0) if categorical else np.float32(np.nan))
+    out = np.full((h, w), fill, np.float32)
+    out = _read_into(src, band, out, geobox, nodata, fill, categorical=categorical)
+    if nodata is not None and not categorical and np.isfinite(nodata):
+        out[out == np.float32(nodata)] = np.nan  # the file's own nodata (not only the item's) is no data
+    return out
+
+
+def _read_into(src: Any, band: int, out: np.ndarray, geobox: GeoBox, nodata: Any, fill: Any, *,
+               categorical: bool) -> np.ndarray:
     from rasterio.enums import Resampling
     from rasterio.warp import reproject, transform_bounds
     from rasterio.windows import Window, from_bounds
 
     h, w = geobox.shape.yx
-    nodata = asset.nodata if asset.nodata is not None else src.nodata
-    fill = np.float32(nodata) if nodata is not None else (np.float32(0) if categorical else np.float32(np.nan))
-    out = np.full((h, w), fill, np.float32)
     if _is_aligned(src, geobox):
         t = geobox.transform
         col0 = round((t.c - src.transform.c) / src.transform.a)
@@ -230,7 +257,7 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
         c0, c1 = max(col0, 0), min(col0 + w, src.width)
         if r0 < r1 and c0 < c1:
             out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
-                1, window=Window(c0, r0, c1 - c0, r1 - r0)
+                band, window=Window(c0, r0, c1 - c0, r1 - r0)
             )
         return out
     # Warp: read only the source window that covers the target (plus a margin for the kernel).
@@ -242,7 +269,7 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
     if col_off >= col_end or row_off >= row_end:
         return out
     window = Window(col_off, row_off, col_end - col_off, row_end - row_off)
-    block = src.read(1, window=window).astype(np.float32)
+    block = src.read(band, window=window).astype(np.float32)
     src_nodata = np.float32(nodata) if nodata is not None else np.float32(np.nan)
     reproject(
         block, out,
@@ -254,8 +281,39 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
     return out
 
 
-def _with_retries(fn: Any, *, what: str, retries: int, backoff_s: float) -> Any:
-    """Call ``fn`` and retry I/O errors with exponential backoff; the last error propagates."""
+#: GDAL / curl / S3 messages of errors that no retry can fix, and what each means.
+_PERMANENT: tuple[tuple[tuple[str, ...], type[PermanentAssetError], str], ...] = (
+    (("HTTP response code: 404", "NoSuchKey", "NoSuchBucket", "bucket does not exist"), AssetNotFoundError,
+     "not found (404): check the asset URLs in the catalogue"),
+    (("HTTP response code: 401", "HTTP response code: 403", "AccessDenied", "InvalidAccessKeyId",
+      "SignatureDoesNotMatch"), AssetAccessDeniedError,
+     "access refused (401/403): give credentials (AWS_* variables) or a signer (--signer)"),
+    (("Range downloading not supported",), AssetNoRangeError,
+     "the server does not answer HTTP range requests, which reading COGs needs: serve the assets from a "
+     "server or bucket that does"),
+    (("Could not resolve host", "Couldn't resolve host"), AssetHostUnreachableError,
+     "unknown host (DNS): check the asset URLs and the network"),
+)
+
+
+def permanent_error(exc: BaseException, *, signed: bool = False) -> PermanentAssetError | None:
+    """The :class:`PermanentAssetError` an I/O error amounts to, or None when a retry may help.
+
+    A 403 of a signed read is not permanent: the token may have expired, and the retry signs afresh.
+    """
+    text = str(exc)
+    for needles, cls, advice in _PERMANENT:
+        if any(n in text for n in needles):
+            if signed and cls is AssetAccessDeniedError:
+                return None
+            first = (text.strip().splitlines() or [type(exc).__name__])[0]
+            return cls(f"{first}: {advice}")
+    return None
+
+
+def _with_retries(fn: Any, *, what: str, retries: int, backoff_s: float, signed: bool = False) -> Any:
+    """Call ``fn`` and retry I/O errors with exponential backoff; the last error propagates. Errors that no
+    retry can fix (:func:`permanent_error`: 404, 403, no range support, unknown host) are raised at once."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -267,9 +325,12 @@ def _with_retries(fn: Any, *, what: str, retries: int, backoff_s: float) -> Any:
             # retry through its caches fails at once without a request: retry around them.
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED="/vsicurl/:/vsis3/"):
                 return fn()
-        except FileNotFoundError:
+        except (FileNotFoundError, PermanentAssetError):
             raise
         except (RasterioIOError, OSError) as exc:
+            permanent = permanent_error(exc, signed=signed)
+            if permanent is not None:
+                raise permanent from None  # retrying cannot help: fail now, with what to do
             if attempt == retries:
                 raise
             delay = backoff_s * (2**attempt)
@@ -299,8 +360,9 @@ def read_modality_report(
     valid = np.zeros((h, w), bool)
     used: list[str] = []
     errors: dict[str, str] = {}
+    source = np.full((h, w), -1, np.int16)
     with rasterio.Env(**(gdal_options if gdal_options is not None else gdal_env_options())):
-        for scene in scenes:
+        for rank, scene in enumerate(scenes):
             if valid.all():
                 break  # every pixel filled by better-ranked scenes: no need to read further
             try:
@@ -316,6 +378,7 @@ def read_modality_report(
                             a, geobox, categorical=b in profile.mask_bands, href=resolve_href(s, a)
                         ),
                         what=f"{scene.id}/{band}", retries=retries, backoff_s=backoff_s,
+                        signed=bool(scene.extra.get("signer")),
                     )
                 sdata, svalid = profile.harmonise(scene, arrays)  # (C, H, W), (H, W)
             except (OSError, ValueError) as exc:
@@ -328,9 +391,10 @@ def read_modality_report(
             take = svalid & ~valid  # (H, W) pixels this scene fills
             if take.any():
                 np.copyto(data, sdata, where=take)  # every band, broadcast over C
+                source[take] = rank
                 valid |= take
                 used.append(scene.id)
-    return ModalityRead(data, valid, tuple(used), errors)
+    return ModalityRead(data, valid, tuple(used), errors, source)
 
 
 def read_modality(

@@ -46,6 +46,9 @@ class AssetRef:
     epsg: int | None = None
     transform: tuple[float, ...] | None = None  # affine (a, b, c, d, e, f)
     shape: tuple[int, int] | None = None  # (rows, cols)
+    # 1-based band of the file that holds this band: multi-band assets (Sen1Floods11, Earth Engine exports)
+    # keep every band in one file; from eo:bands / raster:bands / bands, or the profile's file band order.
+    index: int = 1
 
 
 @dataclass(frozen=True)

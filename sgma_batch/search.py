@@ -161,14 +161,64 @@ def select_collections(
                 f"the model needs {', '.join(wanted)} but {catalog} offers only {', '.join(offered)}; "
                 "use a model trained for those modalities or another catalogue"
             )
+        known = _profiled_not_auto(avail, wanted)
+        if known:
+            raise UnknownCollectionError(
+                f"{catalog} offers no collection sgma-batch picks automatically, but has a profile for "
+                f"{'; '.join(f'{c} ({p}, not picked automatically)' for c, p, _ in known)}; name it: "
+                f"--collections {','.join(f'{m}={c}:{p}' for c, p, m in known)}"
+            )
         raise UnknownCollectionError(
             f"{catalog} offers no collection sgma-batch recognises (available: {', '.join(avail) or 'none'}); "
-            f"map them with --collections s2=<id>,s1=<id>,dem=<id>"
+            f"map them with a profile: --collections s2=<id>:s2-l2a,s1=<id>:s1-rtc (or s1-db),dem=<id>:dem-glo30"
         )
     for mod in wanted:
         if mod not in chosen:
             log.info("%s offers no %s collection; that modality will be absent", catalog, mod)
     return chosen
+
+
+def _profiled_not_auto(available: Iterable[str], modalities: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(collection, profile, modality) of the available collections a profile reads but that are not in
+    :data:`MODALITY_PREFERENCE` (e.g. sentinel-2-l1c, sentinel-1-grd): usable, but only when named."""
+    out = []
+    for cid in available:
+        try:
+            prof = profile_for_collection(cid)
+        except UnknownCollectionError:
+            continue
+        if prof.modality in modalities and cid not in MODALITY_PREFERENCE.get(prof.modality, ()):
+            out.append((cid, prof.name, prof.modality))
+    return out
+
+
+def catalog_extent(
+    catalog: str | Path, modalities: Iterable[str] | None = None, *, collections: str | Mapping[str, str] | None = None
+) -> list[tuple[float, float, float, float]] | None:
+    """Lon/lat boxes the catalogue covers for the collections a search would use (None: cannot tell).
+
+    A static catalogue: every item's bbox; a STAC API: its collections' spatial extents.
+    """
+    cat = str(catalog)
+    try:
+        if _is_url(cat):
+            client = _open_client(cat, retries=1, backoff=0.2, timeout=20)
+            available = [c.id for c in client.get_collections()]
+            choices = select_collections(available, collections, modalities, catalog=cat)
+            boxes = []
+            for choice in choices.values():
+                bbs = client.get_collection(choice.collection).extent.spatial.bboxes or []
+                boxes += [tuple(float(v) for v in ((b[0], b[1], b[3], b[4]) if len(b) == 6 else b[:4])) for b in bbs]
+            return boxes or None
+        static = StaticCatalog(cat)
+        choices = select_collections(static.collections, collections, modalities, catalog=cat)
+        wanted = {c.collection for c in choices.values()}
+        from sgma_batch.sensors._items import bbox_of
+
+        return [bbox_of(i) for i in static.items() if i.get("collection") in wanted] or None
+    except Exception as exc:  # noqa: BLE001 - only an explanation: the caller falls back to "nothing found"
+        log.debug("extent of %s unknown: %s", cat, exc)
+        return None
 
 
 # -- local filtering (static path, and re-applied to API results) ---------------------------------
@@ -365,11 +415,26 @@ def _open_client(url: str, *, retries: int, backoff: float, timeout: float):
     try:
         return Client.open(url, stac_io=make_stac_api_io(total_retries=retries, backoff_factor=backoff, timeout=timeout))
     except APIError as exc:
-        raise CatalogUnreachableError(f"STAC API {url} answered an error ({str(exc)[:200]!r}); check the URL") from None
+        raise CatalogUnreachableError(f"STAC API {url} {_api_error_reason(exc)}; check the URL") from None
     except Exception as exc:
         if _is_request_error(exc):
             raise CatalogUnreachableError(f"cannot reach STAC API {url} ({type(exc).__name__}); check the URL and network") from None
         raise
+
+
+def _api_error_reason(exc: BaseException) -> str:
+    """What went wrong opening a STAC API, in a few words (pystac-client wraps connection errors in APIError)."""
+    text = str(exc)
+    for needle, reason in (("Connection refused", "refused the connection (nothing listens there)"),
+                           ("Name or service not known", "has an unknown host name (DNS)"),
+                           ("NameResolutionError", "has an unknown host name (DNS)"),
+                           ("Read timed out", "did not answer in time"),
+                           ("Max retries exceeded", "could not be reached after retries")):
+        if needle in text:
+            return reason
+    status = getattr(exc, "status_code", None)
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:120]
+    return f"answered HTTP {status} ({first})" if status else f"answered an error ({first})"
 
 
 def _is_request_error(exc: BaseException) -> bool:
@@ -546,6 +611,7 @@ __all__ = [
     "MODALITY_PREFERENCE",
     "TIMELESS_MODALITIES",
     "CollectionChoice",
+    "catalog_extent",
     "StaticCatalog",
     "matches_query",
     "parse_collections",

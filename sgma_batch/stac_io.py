@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from urllib3.util.retry import Retry
 
-from sgma_batch.errors import UsageError
+from sgma_batch.errors import SignerUnavailableError, UsageError
 from sgma_batch.scenes import AssetRef, Scene
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _planetary_computer(href: str) -> str:
     try:
         import planetary_computer  # type: ignore[import-not-found]
     except ImportError:
-        raise UsageError(
+        raise SignerUnavailableError(
             "signer 'planetary-computer' needs the planetary-computer package: pip install planetary-computer"
         ) from None
     return planetary_computer.sign(href)

@@ -62,8 +62,8 @@ def profile_for_collection(collection: str) -> SensorProfile:
             return prof
     known = sorted(c for p in _PROFILES.values() for c in p.collections)
     raise UnknownCollectionError(
-        f"no sensor profile knows collection {collection!r}; known: {', '.join(known)}; "
-        f"or map it with --collections <modality>=<id>"
+        f"no sensor profile knows collection {collection!r}; known: {', '.join(known)}; or name its profile: "
+        f"--collections <modality>={collection}:<profile> (profiles: {', '.join(list_profiles())})"
     )
 
 

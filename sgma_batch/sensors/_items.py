@@ -96,8 +96,31 @@ def raster_band0(asset: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def nodata_of(asset: Mapping[str, Any]) -> float | None:
-    nodata = raster_band0(asset).get("nodata", asset.get("nodata"))
+def band_entries(asset: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The per-band entries of an asset, one per band of its file: ``bands`` (STAC 1.1), else ``eo:bands``,
+    else ``raster:bands`` (all three, when several are given, describe the same file bands in order)."""
+    for key in ("bands", "eo:bands", "raster:bands"):
+        bands = asset.get(key)
+        if isinstance(bands, list) and bands and all(isinstance(b, dict) for b in bands):
+            return list(bands)
+    return []
+
+
+def band_names(entry: Mapping[str, Any]) -> list[str]:
+    """The names a band entry is known by: ``name``, then ``common_name`` / ``eo:common_name``."""
+    return [v for k in ("name", "common_name", "eo:common_name") if isinstance(v := entry.get(k), str)]
+
+
+def nodata_of(asset: Mapping[str, Any], index: int = 1) -> float | None:
+    """Nodata of band ``index`` (1-based) of an asset: its ``raster:bands`` / ``bands`` entry, else the asset's."""
+    entry: Mapping[str, Any] = {}
+    for key in ("raster:bands", "bands"):
+        bands = asset.get(key)
+        if isinstance(bands, list) and len(bands) >= index and isinstance(bands[index - 1], dict):
+            entry = bands[index - 1]
+            if "nodata" in entry:
+                break
+    nodata = entry.get("nodata", asset.get("nodata"))
     if nodata is None:
         return None
     if isinstance(nodata, str):  # "nan", "inf", "-inf" per the raster extension

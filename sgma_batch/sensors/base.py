@@ -33,6 +33,11 @@ class SensorProfile:
     mask_bands: ClassVar[tuple[str, ...]] = ()
     collections: ClassVar[tuple[str, ...]] = ()
     auto_select: ClassVar[bool] = True  # may be chosen from a catalogue's collection list unasked
+    #: Canonical band of each file band for multi-band assets whose item names no band, by band count
+    #: ("" = a band the profile does not read), e.g. the 13 L1C bands of a Sen1Floods11 S2 chip.
+    file_band_orders: ClassVar[Mapping[int, tuple[str, ...]]] = {}
+    #: What the scenes are, for the model-card check (``--allow-domain-shift``): processing level and units.
+    product: ClassVar[str] = ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -45,6 +50,29 @@ class SensorProfile:
     def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """Profile-specific harmonisation facts stored in ``Scene.extra``."""
         return {}
+
+    def canonical_band(self, name: str) -> str | None:
+        """The canonical band a catalogue's band name means for this profile (None: not one it reads)."""
+        low = name.strip().lower()
+        return low if low in (*self.bands, *self.mask_bands) else None
+
+    def band_index(self, item: Mapping[str, Any], key: str, band: str) -> int:
+        """1-based band of asset ``key``'s file that holds ``band``: by the asset's band entries' names, else
+        by :attr:`file_band_orders` for its band count; 1 for a single-band asset."""
+        asset = item["assets"][key]
+        entries = it.band_entries(asset)
+        if len(entries) <= 1:
+            return 1
+        for i, entry in enumerate(entries):
+            if any(self.canonical_band(n) == band for n in it.band_names(entry)):
+                return i + 1
+        order = self.file_band_orders.get(len(entries), ())
+        if band in order:
+            return order.index(band) + 1
+        raise UnsupportedSceneError(
+            f"asset {key!r} of STAC item {item.get('id')} holds {len(entries)} bands but none is named {band!r}; "
+            f"name its bands in eo:bands (or bands) of the item"
+        )
 
     def asset_scale_offset(self, item: Mapping[str, Any], asset: Mapping[str, Any]) -> tuple[float, float]:
         """Scale/offset recorded on the AssetRef. Defaults to identity: :meth:`harmonise` applies units."""
@@ -70,11 +98,13 @@ class SensorProfile:
         for band, key in keys.items():
             raw = item["assets"][key]
             scale, offset = self.asset_scale_offset(item, raw)
+            index = self.band_index(item, key, band)
             assets[band] = AssetRef(
                 href=raw["href"],
                 band=band,
                 key=key,
-                nodata=it.nodata_of(raw),
+                index=index,
+                nodata=it.nodata_of(raw, index),
                 scale=scale,
                 offset=offset,
                 epsg=it.epsg_of(raw) or item_epsg,

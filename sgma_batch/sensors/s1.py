@@ -33,9 +33,12 @@ def s1_band_of_asset(key: str, asset: Mapping[str, Any]) -> str | None:
 class _S1Base(SensorProfile):
     modality = "s1"
     bands = S1_BANDS
+    file_band_orders = {2: ("vv", "vh")}
 
     def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
+        """Band -> asset key; single-band assets first, then multi-band ones (VV and VH in one file)."""
         found: dict[str, str] = {}
+        multi: dict[str, str] = {}
         for key in sorted(item.get("assets") or {}):
             asset = item["assets"][key]
             roles = asset.get("roles") or ["data"]
@@ -44,7 +47,13 @@ class _S1Base(SensorProfile):
             band = s1_band_of_asset(key, asset)
             if band is not None and band not in found:
                 found[band] = key
-        return found
+            entries = it.band_entries(asset)
+            if band is None and len(entries) > 1:
+                names = [self.canonical_band(n) for e in entries for n in it.band_names(e)[:1]]
+                held = [b for b in names if b] or list(self.file_band_orders.get(len(entries), ()))
+                for b in held:
+                    multi.setdefault(b, key)
+        return {**multi, **found}
 
 
 class S1RTCProfile(_S1Base):
@@ -52,6 +61,7 @@ class S1RTCProfile(_S1Base):
 
     name = "s1-rtc"
     collections = ("sentinel-1-rtc", "sentinel1-rtc-aws", "sentinel-1-c1-rtc")
+    product = "RTC"
 
     def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
         return {"linear": True}
@@ -74,9 +84,11 @@ class S1DbProfile(_S1Base):
     name = "s1-db"
     collections = ()
     auto_select = False
+    product = ""  # dB says nothing about terrain correction: the item's sar:product_type, if any, does
 
     def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        return {"linear": False}
+        kind = (item.get("properties") or {}).get("sar:product_type")
+        return {"linear": False, **({"level": str(kind).upper()} if isinstance(kind, str) and kind else {})}
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Pass dB through; nodata and non-finite values are invalid."""
@@ -90,6 +102,7 @@ class S1GRDProfile(_S1Base):
     name = "s1-grd"
     collections = ("sentinel-1-grd", "sentinel1-grd")
     auto_select = False
+    product = "GRD"
 
     def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
         props = item.get("properties") or {}
@@ -102,7 +115,9 @@ class S1GRDProfile(_S1Base):
         if scene.extra.get("radar_geometry", True):
             raise UnsupportedSceneError(
                 f"scene {scene.id} ({scene.collection}) is Sentinel-1 GRD in radar geometry and cannot be put on a "
-                f"map grid; use a terrain-corrected collection, e.g. --collections s1=sentinel-1-rtc"
+                f"map grid; use a terrain-corrected collection (--collections s1=sentinel-1-rtc), or, if its files "
+                f"are map-projected (any CRS), name their units: --collections s1={scene.collection}:s1-db (dB) or "
+                f"s1={scene.collection}:s1-rtc (linear)"
             )
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

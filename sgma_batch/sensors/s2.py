@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from sgma_batch.scenes import S2_BANDS, Scene
-from sgma_batch.sensors._items import item_datetime
+from sgma_batch.sensors._items import band_entries, band_names, item_datetime
 from sgma_batch.sensors.base import SensorProfile
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,29 @@ def s2_band_of_asset(key: str, asset: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: Assets that hold several bands but are pictures, not data (8-bit true-colour composites, previews).
+_PICTURE_KEYS = ("visual", "tci", "overview", "thumbnail", "preview", "rendered")
+
+
+def s2_bands_of_multiband_asset(key: str, asset: Mapping[str, Any], orders: Mapping[int, tuple[str, ...]]) -> list[str]:
+    """Canonical bands held by a multi-band S2 data asset (named in its band entries, else by file band order)."""
+    entries = band_entries(asset)
+    roles = asset.get("roles") or ["data"]
+    if len(entries) <= 1 or "data" not in roles or any(p in key.lower() for p in _PICTURE_KEYS):
+        return []
+    canon = set(S2_BANDS) | {"scl"}
+    found = []
+    for entry in entries:
+        for name in band_names(entry):
+            band = S2_NAME_TO_BAND.get(_norm_name(name)) or (name if name in canon else None)
+            if band is not None:
+                found.append(band)
+                break
+    if not found:
+        found = [b for b in orders.get(len(entries), ()) if b]
+    return found
+
+
 def _asset_rank(key: str, band: str, asset: Mapping[str, Any]) -> tuple[int, int, str]:
     media = str(asset.get("type", "")).lower()
     is_cog = 0 if ("tiff" in media or media == "") else 1  # jp2 copies rank after COGs
@@ -86,20 +109,37 @@ def processing_baseline(item: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+#: Canonical band per file band of unlabelled multi-band S2 files: all 13 L1C bands, or the 12 of L2A (no B10).
+_L1C_ORDER = tuple(S2_NAME_TO_BAND.get(n, "") for n in S2_L1C_FILE_ORDER)
+_L2A_ORDER = tuple(S2_NAME_TO_BAND.get(n, "") for n in S2_L1C_FILE_ORDER if n != "B10")
+
+
 class _S2Base(SensorProfile):
     modality = "s2"
     bands = S2_BANDS
+    file_band_orders = {13: _L1C_ORDER, 12: _L2A_ORDER}
+
+    def canonical_band(self, name: str) -> str | None:
+        band = S2_NAME_TO_BAND.get(_norm_name(name))
+        if band is None and name.strip().lower() in (*self.bands, *self.mask_bands):
+            band = name.strip().lower()
+        return band if band in (*self.bands, *self.mask_bands) else None
 
     def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
+        """Band -> asset key; a single-band asset of a band wins over a multi-band asset that holds it."""
         wanted = set(self.bands) | set(self.mask_bands)
         best: dict[str, tuple[tuple[int, int, str], str]] = {}
         for key, asset in (item.get("assets") or {}).items():
             band = s2_band_of_asset(key, asset)
-            if band is None or band not in wanted:
-                continue
-            rank = _asset_rank(key, band, asset)
-            if band not in best or rank < best[band][0]:
-                best[band] = (rank, key)
+            if band is not None:
+                candidates = [(band, _asset_rank(key, band, asset))]
+            else:
+                media = str(asset.get("type", "")).lower()
+                rank = (0 if ("tiff" in media or media == "") else 1, 2, key)
+                candidates = [(b, rank) for b in s2_bands_of_multiband_asset(key, asset, self.file_band_orders)]
+            for b, rank in candidates:
+                if b in wanted and (b not in best or rank < best[b][0]):
+                    best[b] = (rank, key)
         return {band: key for band, (_, key) in sorted(best.items())}
 
     def extra(self, item: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,6 +175,7 @@ class S2L2AProfile(_S2Base):
     """Sentinel-2 L2A surface reflectance; SCL classes 0,1,3,8,9,10 mask pixels out."""
 
     name = "s2-l2a"
+    product = "L2A"
     mask_bands = ("scl",)
     collections = ("sentinel-2-c1-l2a", "sentinel-2-l2a", "sentinel-s2-l2a-cogs", "sentinel-s2-l2a")
 
@@ -154,6 +195,7 @@ class S2L1CProfile(_S2Base):
     """Sentinel-2 L1C top-of-atmosphere reflectance (TOA x 10000), e.g. the Sen1Floods11 S2Hand chip."""
 
     name = "s2-l1c"
+    product = "L1C"
     collections = ("sentinel-2-c1-l1c", "sentinel-2-l1c", "sentinel-s2-l1c")
     auto_select = False  # the demo models are trained on L2A; L1C only when asked
 
