@@ -10,12 +10,19 @@ import typer
 
 def reprocess(
     spec: Path = typer.Option(..., "--spec", help="Job spec YAML: aois, periods, stores (see deploy/README.md)."),
-    report: Path | None = typer.Option(None, "--report", help="Write the JSON report to this file."),
+    report: Path | None = typer.Option(
+        None, "--report",
+        help="Write the JSON report to this file; {started} in the name becomes the UTC start, e.g. 20250101T030000Z.",
+    ),
     break_lock: bool = typer.Option(
         False, "--break-lock", help="Remove a stale run lock left in a store by a killed job, then run."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the spec and list the entries; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Exit 0, not 3, when some tiles or entries degraded or failed (the report still lists them).",
+    ),
 ) -> None:
     """Re-run every (AOI, period, store) of a job spec; only tiles whose inputs changed are recomputed.
 
@@ -43,10 +50,15 @@ def reprocess(
     typer.echo(format_summary(result), err=True)
     payload = json.dumps(result.to_dict(), indent=2)
     if report is not None:
+        started = result.started.replace("-", "").replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
+        report = Path(str(report).replace("{started}", started))  # one report per run, never overwritten
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(payload + "\n")
     if as_json:
         typer.echo(payload)
+    if result.exit_code == 3 and allow_partial:
+        typer.echo("partial result accepted (--allow-partial): see the report's entries", err=True)
+        return
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 

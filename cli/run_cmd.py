@@ -76,6 +76,10 @@ def register(app: typer.Typer) -> None:
         connect_timeout: float = typer.Option(
             120.0, "--connect-timeout", help="Seconds to wait for the Ray cluster before giving up (exit 5)."
         ),
+        allow_partial: bool = typer.Option(
+            False, "--allow-partial",
+            help="Exit 0, not 3, when some tiles are degraded or failed (they stay listed in the manifest and summary).",
+        ),
     ) -> None:
         """Map land cover over an AOI into a seamless Zarr mosaic on Ray (resumable, incremental)."""
         from pydantic import ValidationError
@@ -120,17 +124,18 @@ def register(app: typer.Typer) -> None:
                    if summary.model_work_per_px is not None else ")"),
                 err=True,
             )
-        raise typer.Exit(summary.exit_code)
+        partial = f"{summary.degraded} degraded, {summary.failed} failed tiles"
+        raise typer.Exit(_partial_ok(summary.exit_code, allow_partial, partial))
 
     def plan_cmd(**kwargs: object) -> None:
         """Plan a run without side effects: tiles to compute/reuse, scenes, bytes to read, time estimate."""
-        run_cmd(**kwargs, dry_run=True)
+        run_cmd(**kwargs, dry_run=True, allow_partial=False)
 
     sig = inspect.signature(run_cmd)
     plan_cmd.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[p for p in sig.parameters.values() if p.name != "dry_run"]
+        parameters=[p for p in sig.parameters.values() if p.name not in ("dry_run", "allow_partial")]
     )
-    plan_cmd.__annotations__ = {k: v for k, v in run_cmd.__annotations__.items() if k != "dry_run"}
+    plan_cmd.__annotations__ = {k: v for k, v in run_cmd.__annotations__.items() if k not in ("dry_run", "allow_partial")}
     app.command("plan")(plan_cmd)
 
     @app.command("status")
@@ -176,6 +181,15 @@ def register(app: typer.Typer) -> None:
 
         render_quicklook(store, png)
         typer.echo(png, err=True)
+
+
+def _partial_ok(code: int, allow_partial: bool, what: str) -> int:
+    """The process exit code: a partial result (3) is success with ``--allow-partial`` (scheduled jobs, where a
+    retry on a fresh cluster cannot repair a permanently broken asset); the tiles stay recorded as they are."""
+    if code == 3 and allow_partial:
+        typer.echo(f"partial result accepted (--allow-partial): {what}, listed in the manifest", err=True)
+        return 0
+    return code
 
 
 def _print_plan(plan: object, as_json: bool) -> None:

@@ -7,8 +7,11 @@ Chip store layout (Zarr v3 group, ``format = "sgma-chips-v1"``)::
     label            (N, H, W) uint8 class ids, 255 = ignore
     split            (N,) uint8: 0 train, 1 val, 2 test
     origin           (N, 2) int64 (row, col) of the chip's top-left pixel in the source grid
+    present          (N, M) bool: the chip holds modality m (a file with a valid pixel in the chip)
+    source_index     (N,) int32: index into attrs source.chips (file sources), -1 otherwise
     attrs: format, modalities {name: [band, ...]}, classes [{name, color}], chip_px, block_px,
-           guard_px, stats {modality: {mean: [...], std: [...]}} over the train split only, source {...}
+           guard_px, stats {modality: {mean, std, pixels}} over the train split only, counts,
+           present_counts {modality: {split: chips}}, source {...}
 
 Splits are spatially blocked: the source grid is cut into square blocks of ``block_px``; each block
 belongs to one split; chips tile a block's interior, which is inset by ``guard_px / 2`` on every side, so
@@ -17,7 +20,9 @@ two chips of different blocks are always at least ``guard_px`` apart and no chip
 Sources: :func:`export_chips` reads an archive with the same search / plan / read / harmonise path as
 ``run`` (``sgma_batch.read.read_modality``) plus labels: a local label raster, or the label asset of
 an item of a STAC collection (:func:`find_label_item`, e.g. the synthetic archive's ``sgma-labels``);
-:func:`sen1floods11_chip_store` reads the Sen1Floods11 folder layout (S1Hand, S2Hand, LabelHand).
+:func:`sen1floods11_chip_store` reads the Sen1Floods11 folder layout (S1Hand, S2Hand, LabelHand), and
+:func:`sgma_batch.chip_files.import_chip_files` any per-chip files (a directory, glob or ``{id}`` pattern
+per modality and for labels). A chip may lack any modality; ``present`` (N, M) records which it holds.
 """
 
 from __future__ import annotations
@@ -136,6 +141,10 @@ class BandStats:
         self.total += v.sum(axis=1)
         self.total_sq += (v * v).sum(axis=1)
 
+    @property
+    def pixels(self) -> int:
+        return int(self.count.min()) if self.n_bands else 0
+
     def result(self) -> tuple[list[float], list[float]]:
         if np.any(self.count == 0):
             raise EmptyDataError("no valid training pixel for some band; check the time window and the AOI")
@@ -148,12 +157,18 @@ class BandStats:
 # -- writing ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChipSample:
-    """One chip's arrays: per modality (C, H, W) float32 and (H, W) bool; label (H, W) uint8."""
+    """One chip's arrays: per modality (C, H, W) float32 and (H, W) bool; label (H, W) uint8.
+
+    ``present``: which modalities the chip really holds (default: those with any valid pixel);
+    ``source``: index of the source file / block the chip was cut from (-1 = not recorded).
+    """
 
     window: ChipWindow
     arrays: Mapping[str, np.ndarray]
     masks: Mapping[str, np.ndarray]
     label: np.ndarray
+    present: Mapping[str, bool] | None = None
+    source: int = -1
 
 
 class ChipWriter:
@@ -171,14 +186,16 @@ class ChipWriter:
     ) -> None:
         import zarr
 
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
+        from sgma_batch import storage
+
+        self.path = storage.location(path)  # a path or an s3:// gs:// az:// URL
+        if storage.exists(self.path) and not overwrite:
             raise ChipStoreError(f"chip store {self.path} exists; pass --overwrite or choose another path")
         from sgma_batch.safety import check_output_target
 
         check_output_target(self.path, kind="chips", replace=True)  # --overwrite replaces only a chip store
         self.modalities = {m: tuple(b) for m, b in modalities.items()}
-        self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+        self.group = zarr.open_group(storage.zarr_store(self.path), mode="w", zarr_format=3)
         c = chip_px
         for m, bands in self.modalities.items():
             self.group.create_array(m, shape=(0, len(bands), c, c), chunks=(1, len(bands), c, c), dtype="float32")
@@ -186,6 +203,10 @@ class ChipWriter:
         self.group.create_array("label", shape=(0, c, c), chunks=(1, c, c), dtype="uint8", fill_value=IGNORE_INDEX)
         self.group.create_array("split", shape=(0,), chunks=(4096,), dtype="uint8")
         self.group.create_array("origin", shape=(0, 2), chunks=(4096, 2), dtype="int64")
+        # which modality each chip really holds (N, M), in the order of attrs["modalities"]
+        self.group.create_array("present", shape=(0, len(self.modalities)), chunks=(4096, len(self.modalities)),
+                                dtype="bool")
+        self.group.create_array("source_index", shape=(0,), chunks=(4096,), dtype="int32")
         self.stats = {m: BandStats(len(b)) for m, b in self.modalities.items()}
         self.attrs = {
             "format": CHIP_FORMAT,
@@ -195,6 +216,7 @@ class ChipWriter:
             **(attrs or {}),
         }
         self.counts = [0, 0, 0]
+        self.present_counts = {m: [0, 0, 0] for m in self.modalities}
 
     def append(self, chips: Sequence[ChipSample]) -> None:
         """Write a batch of chips (one block's worth keeps memory at O(block))."""
@@ -207,21 +229,36 @@ class ChipWriter:
         self.group["label"].append(np.stack([c.label for c in chips]).astype(np.uint8))
         self.group["split"].append(np.array([c.window.split for c in chips], np.uint8))
         self.group["origin"].append(np.array([[c.window.row, c.window.col] for c in chips], np.int64))
+        present = np.array([[bool(c.present[m]) if c.present is not None else bool(c.masks[m].any())
+                             for m in self.modalities] for c in chips], bool)
+        self.group["present"].append(present)
+        self.group["source_index"].append(np.array([c.source for c in chips], np.int32))
+        for i, m in enumerate(self.modalities):
+            for c, p in zip(chips, present[:, i]):
+                self.present_counts[m][c.window.split] += int(p)
         for c in chips:
             self.counts[c.window.split] += 1
             if c.window.split == 0:
                 for m in self.modalities:
                     self.stats[m].update(c.arrays[m], c.masks[m])
 
-    def close(self) -> Path:
+    def close(self) -> Path | str:
         """Write statistics and attributes; returns the store path."""
         if self.counts[0] == 0:
             raise ChipStoreError("the chip store has no training chip; use a larger AOI or smaller blocks")
         stats = {}
         for m, s in self.stats.items():
+            if s.pixels == 0:
+                # a modality no training chip holds: stored (chips may hold it in val/test), but no
+                # statistics; `train` leaves it out of the model unless asked for it explicitly
+                log.warning("no training chip holds %s: its statistics are undefined (mean 0, std 1)", m)
+                stats[m] = {"mean": [0.0] * s.n_bands, "std": [1.0] * s.n_bands, "pixels": 0}
+                continue
             mean, std = s.result()
-            stats[m] = {"mean": mean, "std": std}
-        self.group.attrs.update({**self.attrs, "stats": stats, "counts": dict(zip(SPLITS, self.counts))})
+            stats[m] = {"mean": mean, "std": std, "pixels": s.pixels}
+        present = {m: dict(zip(SPLITS, v)) for m, v in self.present_counts.items()}
+        self.group.attrs.update({**self.attrs, "stats": stats, "counts": dict(zip(SPLITS, self.counts)),
+                                 "present_counts": present})
         log.info("chip store %s: %s", self.path, dict(zip(SPLITS, self.counts)))
         return self.path
 
@@ -233,9 +270,11 @@ class ChipStore:
     def __init__(self, path: str | Path) -> None:
         import zarr
 
-        self.path = Path(path)
+        from sgma_batch import storage
+
+        self.path = storage.location(path)  # a path or an s3:// gs:// az:// URL
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            self.group = zarr.open_group(storage.zarr_store(self.path, read_only=True), mode="r")
         except Exception as exc:  # noqa: BLE001 - zarr raises several kinds for "not a store"
             raise ChipStoreError(f"cannot open chip store {self.path} ({exc}); create one with `sgma-batch chips`") from None
         attrs = dict(self.group.attrs)
@@ -246,6 +285,18 @@ class ChipStore:
         self.classes: list[dict[str, str]] = list(attrs["classes"])
         self.stats: dict[str, dict[str, list[float]]] = attrs["stats"]
         self.split = np.asarray(self.group["split"][:])
+
+    def present(self) -> np.ndarray:
+        """(N, M) bool: which modality each chip holds (stores before ``present`` existed: any valid pixel)."""
+        if "present" in self.group:
+            return np.asarray(self.group["present"][:], bool)
+        return np.stack([np.asarray(self.group[f"{m}_mask"][:]).reshape(len(self.split), -1).any(axis=1)
+                         for m in self.modalities], axis=1)
+
+    def train_pixels(self, modality: str) -> int | None:
+        """Valid training pixels behind a modality's statistics (None: store written before this was recorded)."""
+        px = self.stats.get(modality, {}).get("pixels")
+        return None if px is None else int(px)
 
     def indices(self, split: str) -> np.ndarray:
         """Chip indices of ``split`` (train / val / test)."""
@@ -342,43 +393,59 @@ class Sen1Floods11Chip:
     transform: tuple[float, ...]
 
 
-def sen1floods11_ids(root: str | Path) -> list[str]:
-    """Chip ids present in all three folders (``<id>_S1Hand.tif`` etc.)."""
+SEN1FLOODS11_LABEL_MAP = "0:not_water,1:water,-1:nodata"
+
+
+def sen1floods11_sources(
+    root: str | Path, *, labels: str | None = None
+) -> tuple[list[Any], str]:
+    """The Sen1Floods11 layout as :mod:`sgma_batch.chip_files` sources: (modality specs, label pattern).
+
+    S2Hand: L1C B2..B12 minus B1/B9/B10 as the ten s2 bands, DN / 10000, 0 = nodata; S1Hand: VV, VH dB (NaN
+    nodata); labels ``LabelHand/{id}_LabelHand.tif`` unless ``labels`` (a pattern with ``{id}``, a
+    directory or a glob) says otherwise. A chip needs a label and at least one of S1 / S2.
+    """
+    from sgma_batch.chip_files import ModalityFiles
+
     root = Path(root)
-    ids = []
-    for f in sorted((root / "LabelHand").glob("*_LabelHand.tif")):
-        cid = f.name[: -len("_LabelHand.tif")]
-        if (root / "S1Hand" / f"{cid}_S1Hand.tif").exists() and (root / "S2Hand" / f"{cid}_S2Hand.tif").exists():
-            ids.append(cid)
+    s2 = ModalityFiles("s2", str(root / "S2Hand" / "{id}_S2Hand.tif"), bands=tuple(S2_L1C_TO_CANONICAL.values()),
+                       select=tuple(S2_L1C_FILE_BANDS.index(b) + 1 for b in S2_L1C_TO_CANONICAL),
+                       scale=1e-4, nodata=0.0)
+    s1 = ModalityFiles("s1", str(root / "S1Hand" / "{id}_S1Hand.tif"), bands=("vv", "vh"), select=(1, 2))
+    return [s2, s1], labels or str(root / "LabelHand" / "{id}_LabelHand.tif")
+
+
+def sen1floods11_ids(root: str | Path, *, labels: str | None = None) -> list[str]:
+    """Chip ids with a label and at least one of ``<id>_S1Hand.tif`` / ``<id>_S2Hand.tif``."""
+    from sgma_batch.chip_files import resolve_files
+
+    mods, lab = sen1floods11_sources(root, labels=labels)
+    have = set().union(*(set(resolve_files(m.pattern)) for m in mods))
+    ids = sorted(i for i in resolve_files(lab) if i in have)
     if not ids:
-        raise ChipStoreError(f"no Sen1Floods11 chip under {root}; expected S1Hand/, S2Hand/, LabelHand/ folders")
+        raise ChipStoreError(f"no Sen1Floods11 chip under {root}: expected LabelHand/<id>_LabelHand.tif (or "
+                             "--label-files) and S1Hand/<id>_S1Hand.tif and/or S2Hand/<id>_S2Hand.tif")
     return ids
 
 
 def load_sen1floods11(root: str | Path, chip_id: str) -> Sen1Floods11Chip:
-    """Read one chip: S2 L1C DN/10000 mapped to the model's ten s2 bands, S1 VV/VH dB, label -1 -> 255."""
-    import rasterio
+    """Read one chip with both S1 and S2: S2 L1C DN/10000 as the ten s2 bands, S1 VV/VH dB, label -1 -> 255."""
+    from sgma_batch.chip_files import LabelMap, read_modality_file, read_raster
 
-    root = Path(root)
-    with rasterio.open(root / "S2Hand" / f"{chip_id}_S2Hand.tif") as src:
-        names = tuple(d or S2_L1C_FILE_BANDS[i] for i, d in enumerate(src.descriptions))
-        if names != S2_L1C_FILE_BANDS:
-            raise ChipStoreError(f"S2Hand bands {names} are not the 13 L1C bands {S2_L1C_FILE_BANDS}")
-        raw = src.read()  # (13, H, W) int16 TOA x 10000
-        crs, transform = src.crs.to_string(), tuple(src.transform)[:6]
-    keep = [S2_L1C_FILE_BANDS.index(b) for b in S2_L1C_TO_CANONICAL]
-    s2 = raw[keep].astype(np.float32) / 10000.0
-    s2_mask = np.all(raw[keep] > 0, axis=0)  # 0 = nodata in S2Hand
-    with rasterio.open(root / "S1Hand" / f"{chip_id}_S1Hand.tif") as src:
-        s1 = src.read().astype(np.float32)  # (2, H, W) VV, VH dB
-    s1_mask = np.all(np.isfinite(s1), axis=0)
-    s1 = np.nan_to_num(s1, nan=0.0)
-    with rasterio.open(root / "LabelHand" / f"{chip_id}_LabelHand.tif") as src:
-        lab = src.read(1)
-    label = np.where((lab == 0) | (lab == 1), lab, IGNORE_INDEX).astype(np.uint8)
+    mods, lab = sen1floods11_sources(root)
+    out = {}
+    for m in mods:
+        path = Path(m.pattern.replace("{id}", chip_id))
+        if not path.exists():
+            raise ChipStoreError(f"chip {chip_id} has no {path.name}; use sen1floods11_chip_store for partial chips")
+        out[m.name] = read_modality_file(m, path)
+    raster = read_raster(lab.replace("{id}", chip_id))
+    label = LabelMap.parse(SEN1FLOODS11_LABEL_MAP).apply(raster.data[0], [raster.nodata[0]], chip_id)
+    s2, s2_mask, _, r2 = out["s2"]
+    s1, s1_mask, _, _ = out["s1"]
     if not (s2.shape[1:] == s1.shape[1:] == label.shape):
         raise ChipStoreError(f"chip {chip_id}: S1, S2 and label grids differ; Sen1Floods11 chips share one grid")
-    return Sen1Floods11Chip(chip_id, s2, s2_mask, s1, s1_mask, label, crs, transform)
+    return Sen1Floods11Chip(chip_id, s2, s2_mask, s1, s1_mask, label, r2.crs or "", r2.transform or ())
 
 
 def sen1floods11_chip_store(
@@ -389,44 +456,29 @@ def sen1floods11_chip_store(
     val_quadrant: int | None = None,
     chip_px: int = 64,
     guard_px: int = 16,
+    labels: str | None = None,
+    resolution: float | None = None,
+    split_by: str = "quadrant",
     overwrite: bool = False,
 ) -> Path:
     """Chip store from Sen1Floods11 chips: per chip, quadrant ``test_quadrant`` (0 NW, 1 NE, 2 SW, 3 SE)
     is the test split, the other three quadrants train (no val split by default: nothing is tuned on it;
-    ``val_quadrant`` moves one quadrant to val).
+    ``val_quadrant`` moves one quadrant to val). ``split_by="file"`` splits whole chips instead.
+
+    A chip may lack S2Hand or S1Hand (stored as absent; ``present`` records it). Through
+    :func:`sgma_batch.chip_files.import_chip_files`.
     """
-    if val_quadrant is not None and val_quadrant == test_quadrant:
-        raise ChipStoreError("val_quadrant must differ from test_quadrant")
-    ids = sen1floods11_ids(root)
-    bands = {"s2": tuple(S2_L1C_TO_CANONICAL.values()), "s1": ("vv", "vh")}
-    classes = [{"name": n, "color": c} for n, c in SEN1FLOODS11_CLASSES]
-    writer = ChipWriter(
-        out, modalities=bands, classes=classes, chip_px=chip_px, overwrite=overwrite,
-        attrs={"source": {"kind": "sen1floods11", "root": str(Path(root).resolve()), "ids": ids,
-                          "test_quadrant": test_quadrant, "val_quadrant": val_quadrant},
-               "collections": {"s2": "sentinel-2-l1c", "s1": "sentinel-1-grd"},
-               "block_px": None, "guard_px": guard_px},
+    from sgma_batch.chip_files import import_chip_files
+
+    ids = sen1floods11_ids(root, labels=labels)
+    mods, lab = sen1floods11_sources(root, labels=labels)
+    return import_chip_files(
+        mods, lab, out, label_map=SEN1FLOODS11_LABEL_MAP, resolution=resolution, chip_px=chip_px,
+        split_by=split_by, test_quadrant=test_quadrant, val_quadrant=val_quadrant, guard_px=guard_px,
+        collections={"s2": "sentinel-2-l1c", "s1": "sentinel-1-grd"},
+        source={"kind": "sen1floods11", "root": str(Path(root).resolve()), "ids": ids},
+        overwrite=overwrite,
     )
-    for cid in ids:
-        chip = load_sen1floods11(root, cid)
-        h, w = chip.label.shape
-        block_px = min(h, w) // 2
-        splits = np.zeros((2, 2), np.uint8)
-        splits.flat[test_quadrant] = 2
-        if val_quadrant is not None:
-            splits.flat[val_quadrant] = 1
-        windows = chip_windows(h, w, chip_px=chip_px, block_px=block_px, guard_px=guard_px, block_splits=splits)
-        samples = []
-        for win in windows:
-            sl = (slice(win.row, win.row + chip_px), slice(win.col, win.col + chip_px))
-            samples.append(ChipSample(
-                win,
-                {"s2": chip.s2[(slice(None), *sl)], "s1": chip.s1[(slice(None), *sl)]},
-                {"s2": chip.s2_mask[sl], "s1": chip.s1_mask[sl]},
-                chip.label[sl],
-            ))
-        writer.append(samples)
-    return writer.close()
 
 
 # -- source 2: an archive, through the same search / plan / read path as ``run`` --------------------

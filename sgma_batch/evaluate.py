@@ -20,6 +20,12 @@ Two conventions for "missing", each result carries its label:
 The data's own holes (clouds, swath gaps in the chip store) are always passed as availability masks;
 the convention applies to what the protocol removes. Pixels with no modality at all still get the
 argmax of the model's logits and are scored (never silently excluded).
+
+**Data that lacks some of the model's modalities** (e.g. SAR-only chips for an S1+S2 model): such a
+modality is *unavailable*; it is passed as absent (dropped: left out; zero-filled: zeros, mask True, as
+the convention says), and only the subsets of the available modalities can be scored. Every protocol runs
+on them; the report lists the scored and the unscored subsets, and its summary numbers (Average, Top-1,
+Last-1, E(p)) are over the scored subsets only, which the report says.
 """
 
 from __future__ import annotations
@@ -246,6 +252,17 @@ class EvaluationReport:
     n_pixels: int
     results: list[ProtocolResult]
     meta: dict = field(default_factory=dict)
+    available: tuple[str, ...] | None = None  # modalities the data holds (None: all of the model's)
+
+    @property
+    def scored_subsets(self) -> list[Subset]:
+        avail = set(self.available if self.available is not None else self.modalities)
+        return [s for s in modality_subsets(self.modalities) if set(s) <= avail]
+
+    @property
+    def unscored_subsets(self) -> list[Subset]:
+        scored = set(self.scored_subsets)
+        return [s for s in modality_subsets(self.modalities) if s not in scored]
 
     def find(self, protocol: str, convention: str, level: str | None = None) -> ProtocolResult:
         for r in self.results:
@@ -262,6 +279,10 @@ class EvaluationReport:
                 "dropped": "missing modality left out of the input / availability mask False",
                 "zero-filled": "missing modality set to zeros after normalisation, mask True",
             },
+            "available": list(self.available if self.available is not None else self.modalities),
+            "scored_subsets": [subset_name(s) for s in self.scored_subsets],
+            "unscored_subsets": [subset_name(s) for s in self.unscored_subsets],
+            "summary_over": "scored subsets only" if self.unscored_subsets else "all subsets",
             "results": [r.to_json() for r in self.results],
             **self.meta,
         }
@@ -280,6 +301,13 @@ class EvaluationReport:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"mIoU in %, {self.n_pixels} labelled pixels; '-' = not part of that protocol.")
+        if self.unscored_subsets:
+            lacking = [m for m in self.modalities if m not in (self.available or ())]
+            lines.append(
+                f"The data lacks {', '.join(lacking)}: scored subsets {', '.join(subset_name(s) for s in self.scored_subsets)}; "
+                f"not scorable: {', '.join(subset_name(s) for s in self.unscored_subsets)}. Average, Top-1, "
+                "Last-1 and E(p) are over the scored subsets only."
+            )
         return "\n".join(lines)
 
 
@@ -288,11 +316,13 @@ def _fmt(v: float | None) -> str:
 
 
 def _cases(
-    modalities: Sequence[str], protocols: Sequence[str], conventions: Sequence[str]
+    modalities: Sequence[str], protocols: Sequence[str], conventions: Sequence[str],
+    available: Sequence[str] | None = None,
 ) -> Iterator[tuple[str, str, str | None, Subset]]:
-    """(protocol, convention, level, subset) for every measurement, in report order."""
-    subsets = modality_subsets(modalities)
-    full = tuple(modalities)
+    """(protocol, convention, level, subset) for every measurement, in report order (subsets of ``available``)."""
+    avail = set(modalities if available is None else available)
+    subsets = [s for s in modality_subsets(modalities) if set(s) <= avail]
+    full = tuple(m for m in modalities if m in avail)
     for proto in protocols:
         if proto == "emm":
             for conv in conventions:
@@ -320,6 +350,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    available: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """Run the protocols over every batch and accumulate one confusion matrix per case.
 
@@ -329,17 +360,34 @@ def evaluate_model(
         protocols: any of ``emm``, ``rmm``, ``nm``.
         conventions: ``dropped`` and/or ``zero-filled`` (NM has none).
         seed: seeds the torch Generator of RMM / NM corruption, so a rerun gives the same numbers.
+        available: the model's modalities that the data holds (default: all of them). The others are
+            passed as absent in every case (zeros, mask False; zero-filled: zeros, mask True) and only
+            subsets of ``available`` are scored.
     """
     model.eval()
     modalities = tuple(model.modalities)
+    avail = tuple(m for m in modalities if available is None or m in available)
+    if not avail:
+        raise ValueError(f"the data holds none of the model's modalities {list(modalities)}")
     k = int(model.num_classes)
+    bands = dict(getattr(model, "band_counts", {}) or {})
     gen = torch.Generator().manual_seed(seed)
-    cases = list(_cases(modalities, protocols, conventions))
+    cases = list(_cases(modalities, protocols, conventions, avail))
     cms = {c: torch.zeros(k, k, dtype=torch.int64) for c in cases}
     n_pixels = 0
     for inputs, masks, labels in batches:
-        inputs = {m: x.to(device) for m, x in inputs.items() if m in modalities}
-        masks = {m: v.to(device) for m, v in masks.items() if m in modalities}
+        inputs = {m: x.to(device) for m, x in inputs.items() if m in avail}
+        masks = {m: v.to(device) for m, v in masks.items() if m in avail}
+        ref = next(iter(inputs.values()))
+        for m in modalities:  # unavailable: absent (zeros, mask False), in model order
+            if m not in inputs:
+                if m not in bands:
+                    raise ValueError(f"the batches lack {m} and the model does not declare its band count")
+                b, _, h, w = ref.shape
+                inputs[m] = ref.new_zeros((b, bands[m], h, w))
+                masks[m] = torch.zeros((b, h, w), dtype=torch.bool, device=ref.device)
+        inputs = {m: inputs[m] for m in modalities}
+        masks = {m: masks[m] for m in modalities}
         n_pixels += int((labels != IGNORE_INDEX).sum())
         for case in cases:
             proto, conv, level, subset = case
@@ -362,7 +410,7 @@ def evaluate_model(
         results.append(ProtocolResult(proto, conv, level, scores, summarise(scores, len(modalities)), per_class))
     names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(k))
     log.info("evaluated %d cases over %d labelled pixels", len(cases), n_pixels)
-    return EvaluationReport(modalities, names, n_pixels, results)
+    return EvaluationReport(modalities, names, n_pixels, results, available=avail)
 
 
 def evaluate_checkpoint(
@@ -392,11 +440,18 @@ def evaluate_checkpoint(
     data = store.load(split)
     if len(data["label"]) == 0:
         raise ChipStoreError(f"the chip store has no {split!r} chips; choose another --split")
-    stats = card_stats(card, {m: store.modalities[m] for m in mods})
-    norm = normalise(data, stats, mods)
+    # a modality the split holds nowhere (no chip, or no valid pixel) is unavailable, as one not in the store
+    avail = [m for m in mods if bool(data[f"{m}_mask"].any())]
+    if not avail:
+        raise ChipStoreError(f"the {split!r} chips hold no valid pixel of the model's modalities {list(model.modalities)}")
+    if len(avail) < len(model.modalities):
+        log.warning("the %s chips lack %s: scoring the subsets of %s only", split,
+                    [m for m in model.modalities if m not in avail], avail)
+    stats = card_stats(card, {m: store.modalities[m] for m in avail})
+    norm = normalise(data, stats, avail)
     report = evaluate_model(
-        model, iter_batches(data, norm, mods, batch_size), protocols=protocols, conventions=conventions,
-        class_names=[c.name for c in card.classes], seed=seed, device=device,
+        model, iter_batches(data, norm, avail, batch_size), protocols=protocols, conventions=conventions,
+        class_names=[c.name for c in card.classes], seed=seed, device=device, available=avail,
     )
     report.meta = {"model": str(model_path), "model_hash": card.model_hash, "chips": str(chips_path),
                    "split": split, "seed": seed}

@@ -242,6 +242,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch import __version__
     from sgma_batch.execute import InferenceConfig, execute_local, execute_sequential
     from sgma_batch.execute_ray import execute_ray
+    from sgma_batch.metrics import record_tile
     from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
 
     from contextlib import ExitStack
@@ -308,6 +309,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
 
         def on_record(rec: TileRecord) -> None:
             completed[0] += 1
+            record_tile(rec, spec.res_m * spec.res_m / 1e6)  # Ray metrics (a no-op without Ray)
             if progress is not None:
                 progress(completed[0], len(tasks), rec)
 

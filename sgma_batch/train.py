@@ -52,9 +52,11 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="run name; a rerun with the same name and storage resumes")
-    chips: Path = Field(description="chip store written by `sgma-batch chips`")
-    storage: Path = Field(Path("runs"), description="Ray Train storage path (checkpoints, results)")
-    out: Path | None = Field(None, description="final checkpoint directory (default <storage>/<name>/model)")
+    chips: str = Field(description="chip store written by `sgma-batch chips` (a path or an s3:// gs:// az:// URL)")
+    storage: str = Field("runs", description="Ray Train storage (checkpoints, results): a path, or an s3:// or "
+                         "gs:// URL, which Ray Train writes through pyarrow")
+    out: str | None = Field(None, description="final checkpoint directory, a path or an s3:// gs:// az:// URL "
+                            "(default <storage>/<name>/model)")
     model: str = "sgma_tiny"
     modalities: list[str] | None = Field(None, description="train on these modalities of the chips only")
     epochs: int = Field(20, ge=1)
@@ -67,7 +69,7 @@ class TrainSpec(BaseModel):
     mas_weight: float = 1.0
     subset_prob: float = Field(0.7, ge=0, le=1, description="chance a sample keeps a random non-empty subset")
     hole_prob: float = Field(0.3, ge=0, le=1, description="chance of cloud-like holes per kept modality")
-    teacher: Path | None = Field(None, description="RobustSeg stage 2: frozen teacher checkpoint")
+    teacher: str | None = Field(None, description="RobustSeg stage 2: frozen teacher checkpoint (a path or a URL)")
     kd_weight: float = 50.0
     hpdm_weight: float = 100.0
     rrm_weight: float = 12.0
@@ -108,9 +110,21 @@ class TrainSpec(BaseModel):
             where = ".".join(str(p) for p in first["loc"])
             raise SpecError(f"training spec: {where}: {first['msg']}") from None
 
+    @field_validator("chips", "storage", "out", "teacher", mode="before")
+    @classmethod
+    def _path_or_url(cls, v: Any) -> Any:
+        from sgma_batch.storage import location
+
+        return v if v is None else str(location(v))  # file:// becomes its path; ftp:// and the like are refused
+
     @property
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else self.storage / self.name / "model"
+    def out_dir(self) -> Path | str:
+        """The final checkpoint: a Path, or an object-storage URL (a string)."""
+        from sgma_batch.storage import location
+
+        from sgma_batch.storage import join
+
+        return location(self.out) if self.out is not None else join(location(self.storage), self.name, "model")
 
 
 # -- schedule and data ------------------------------------------------------------------------------
@@ -397,7 +411,7 @@ def train_loop_per_worker(config: dict) -> None:
 class TrainResult:
     """Where the final checkpoint went, and what the last epoch measured."""
 
-    checkpoint: Path
+    checkpoint: Path | str  # a path or an object-storage URL
     epochs: int
     history: list[dict]
     model_hash: str
@@ -425,18 +439,35 @@ def train(spec: TrainSpec) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from sgma_batch.chips import ChipStore
+    from sgma_batch.storage import is_url
     from sgma_model import ModelCard, create_model, read_card, save_checkpoint
 
     # workers run in other directories: every path they read must be absolute
+    def absolute(p: Path | str) -> str:
+        return str(p) if is_url(str(p)) else str(Path(p).resolve())
+
     spec = spec.model_copy(update={
-        "chips": Path(spec.chips).resolve(), "storage": Path(spec.storage).resolve(), "out": Path(spec.out_dir).resolve(),
-        "teacher": None if spec.teacher is None else Path(spec.teacher).resolve(),
+        "chips": absolute(spec.chips), "storage": absolute(spec.storage), "out": absolute(spec.out_dir),
+        "teacher": None if spec.teacher is None else absolute(spec.teacher),
     })
     store = ChipStore(spec.chips)
-    mods = list(store.modalities) if spec.modalities is None else list(spec.modalities)
+    trainable = [m for m in store.modalities if store.train_pixels(m) != 0]
+    if spec.modalities is None:
+        # a modality no training chip holds (e.g. S2 in a SAR-only archive) has no statistics and would
+        # leave an untrained stem: the model is built without it
+        mods = trainable
+        if len(mods) < len(store.modalities):
+            log.warning("no training chip holds %s: the model is trained on %s",
+                        [m for m in store.modalities if m not in mods], mods)
+    else:
+        mods = list(spec.modalities)
     unknown = [m for m in mods if m not in store.modalities]
     if unknown or not mods:
         raise SpecError(f"modalities {unknown or mods} are not in the chip store (it has {list(store.modalities)})")
+    empty = [m for m in mods if m not in trainable]
+    if empty:
+        raise SpecError(f"no training chip holds {empty} (chips holding each modality: "
+                        f"{store.attrs.get('present_counts')}); drop it from --modalities")
     model_args = {"modalities": {m: len(store.modalities[m]) for m in mods}, "num_classes": len(store.classes)}
     if spec.teacher is not None:
         tcard = read_card(spec.teacher)
@@ -452,7 +483,7 @@ def train(spec: TrainSpec) -> TrainResult:
         torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpu,
                                      resources_per_worker=None if spec.gpu else {"CPU": 1}),
-        run_config=RunConfig(name=spec.name, storage_path=str(Path(spec.storage).resolve()),
+        run_config=RunConfig(name=spec.name, storage_path=spec.storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
@@ -467,7 +498,7 @@ def train(spec: TrainSpec) -> TrainResult:
     training = {
         "run_name": spec.name,
         "spec": spec.model_dump(mode="json"),
-        "data": {"chips": str(Path(spec.chips).resolve()), "source": store.attrs.get("source"),
+        "data": {"chips": spec.chips, "source": store.attrs.get("source"),
                  "counts": store.attrs.get("counts"), "chip_px": store.attrs.get("chip_px"),
                  "statistics": "per-band mean/std over the train split's valid pixels"},
         "epochs": int(state["epoch"]) + 1,
@@ -478,7 +509,7 @@ def train(spec: TrainSpec) -> TrainResult:
     card = ModelCard.for_model(model, _card_modalities(store, mods), store.classes, training)
     saved = save_checkpoint(model, spec.out_dir, card)
     log.info("final checkpoint %s (%d epochs)", spec.out_dir, training["epochs"])
-    return TrainResult(Path(spec.out_dir), training["epochs"], history, saved.model_hash)
+    return TrainResult(spec.out_dir, training["epochs"], history, saved.model_hash)
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, *, dtype: str = "float16") -> Path:
