@@ -17,6 +17,7 @@ def reprocess(
     break_lock: bool = typer.Option(
         False, "--break-lock", help="Remove a stale run lock left in a store by a killed job, then run."
     ),
+    force: bool = typer.Option(False, "--force", help="With --break-lock: also when its owner may be alive."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the spec and list the entries; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     allow_partial: bool = typer.Option(
@@ -46,14 +47,22 @@ def reprocess(
             for row in listing:
                 typer.echo(f"{row['store']}\t{row['aoi']}\t{row['period']}\t{row['out']}")
         return
-    result = run_reprocess(entries, spec_path=str(spec), break_lock=break_lock)
+    result = run_reprocess(entries, spec_path=str(spec), break_lock=break_lock, force=force)
     typer.echo(format_summary(result), err=True)
-    payload = json.dumps(result.to_dict(), indent=2)
+    from sgma_batch.redact import redact_obj
+
+    payload = json.dumps(redact_obj(result.to_dict()), indent=2)
     if report is not None:
         started = result.started.replace("-", "").replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
         report = Path(str(report).replace("{started}", started))  # one report per run, never overwritten
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(payload + "\n")
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(payload + "\n")
+        except OSError as exc:  # the runs are done and their stores written: say so, with the report's path
+            from sgma_batch.errors import StoreUnwritableError
+
+            raise StoreUnwritableError(f"the job ran (exit {result.exit_code}) but its report {report} cannot be "
+                                       f"written ({exc.strerror or exc}); choose a writable --report") from None
     if as_json:
         typer.echo(payload)
     if result.exit_code == 3 and allow_partial:

@@ -19,7 +19,6 @@ is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -273,17 +272,13 @@ def load_aoi(
             geometry = _bbox_geometry(parsed, name)
         else:
             name = text
-            try:
-                raw = Path(text).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise AOIUnreadableError(f"cannot read AOI file {text}: {reason}; check the path and permissions") from None
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise AOINotGeoJSONError(
-                    f"AOI file {text} is not JSON (line {exc.lineno}: {exc.msg}); give a GeoJSON file in CRS84"
-                ) from None
+            from sgma_batch.inputs import parse_json_text, read_text_bounded
+
+            # bounded: regular files only (not /dev/zero or a FIFO), at most 64 MiB, nesting at most 16
+            raw = read_text_bounded(text, what="AOI file", error=AOIUnreadableError,
+                                    hint="check the path and permissions")
+            obj = parse_json_text(raw, what="AOI file", name=text, error=AOINotGeoJSONError, max_depth=16,
+                                  hint="give a GeoJSON file in CRS84")
             geometry = _geometry_from_geojson(obj, name)
     return _validate(geometry, name, max_area_km2, repair)
 

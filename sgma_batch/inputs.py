@@ -64,7 +64,7 @@ def read_text_bounded(
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise error(f"{what} {p} is {kind}; give a {what} file{tail}")
+            raise error(f"{what} {p} is {kind}; give a regular file{tail}")
         if info.st_size > max_bytes:
             raise error(f"{what} {p} is {info.st_size:,} bytes, above the {max_bytes:,}-byte bound{tail}")
         chunks: list[bytes] = []

@@ -208,13 +208,12 @@ class ReprocessReport:
 
 def load_spec(path: str | Path) -> tuple[ReprocessSpec, Path]:
     """Read and validate a job spec; returns it with the folder relative paths are resolved against."""
+    from sgma_batch.inputs import load_yaml_file
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"cannot read job spec {path}: {exc.strerror}; check the --spec path") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"job spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    # bounded: size, nesting, no aliases, binary files and impossible dates refused with one line (exit 50)
+    raw = load_yaml_file(path, what="job spec", error=SpecError, max_bytes=1 << 20, max_depth=16,
+                         hint="check the --spec file")
     if not isinstance(raw, dict):
         raise SpecError(f"job spec {path} must be a YAML mapping with aois, periods and stores")
     try:
@@ -235,13 +234,17 @@ def expand_periods(periods: Sequence[WindowSpec | WindowSeriesSpec]) -> list[Per
             out.append(Period(p.name or f"{p.start.isoformat()}_{p.end.isoformat()}", p.start, p.end))
             continue
         months = {"month": 1, "quarter": 3, "year": 12}[p.every]
+        from sgma_batch.inputs import check_plan_size
+
+        span = (p.end.year - p.start.year) * 12 + p.end.month - p.start.month + 1
+        check_plan_size(periods=len(out) + span / months, hint="give a shorter series or a coarser 'every'")
         # first window starts at the calendar boundary on or before p.start
         year, month = p.start.year, p.start.month
         if p.every == "quarter":
             month = 3 * ((month - 1) // 3) + 1
         elif p.every == "year":
             month = 1
-        while True:
+        while year <= dt.MAXYEAR:  # a series ending in December 9999 stops there
             first = dt.date(year, month, 1)
             if first > p.end:
                 break
@@ -277,6 +280,10 @@ def _resolve(value: str, base: Path) -> str:
 def expand_spec(spec: ReprocessSpec, base_dir: Path) -> list[ReprocessEntry]:
     """Every (store, AOI, period) combination, with relative paths resolved against ``base_dir``."""
     periods = expand_periods(spec.periods)
+    from sgma_batch.inputs import check_plan_size
+
+    check_plan_size(periods=len(spec.stores) * len(spec.aois) * len(periods),
+                    hint="that is the job's (store, AOI, period) entries: split it into several specs")
     passthrough = ("address", "executor", "tile_px", "halo_px", "res_m", "crs", "window_px", "overlap_px",
                    "batch_size", "max_actors", "threads")
     common: dict[str, Any] = {k: getattr(spec, k) for k in passthrough if getattr(spec, k) is not None}
@@ -371,7 +378,7 @@ def _create_exclusive(path: Path, payload: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False) -> Path:
+def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False, force: bool = False) -> Path:
     """Create the store's lock file atomically; raise StoreLockedError (exit 42) when it is held.
 
     ``break_lock`` removes an existing lock first (for one left behind by a killed job); the holder it
@@ -380,6 +387,9 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False)
     if break_lock:
         holder = read_lock(store)
         if holder is not None:
+            from sgma_batch.safety import check_break
+
+            check_break(store, holder, force=force)  # only a dead owner's lock, unless force
             log.warning("breaking run lock of %s (%s)", store, holder.describe())
             lock_path(store).unlink(missing_ok=True)
     info = LockInfo(
@@ -417,7 +427,7 @@ def release_lock(store: str | Path) -> None:
 
 
 @contextmanager
-def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = False) -> Iterator[None]:
+def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = False, force: bool = False) -> Iterator[None]:
     """Hold the locks of all ``stores`` (all or none), released on exit."""
     ordered = sorted(set(stores))
     if not break_lock:  # refuse before creating any folder when a lock is already visible
@@ -428,7 +438,7 @@ def store_locks(stores: Sequence[str], *, note: str = "", break_lock: bool = Fal
     taken: list[str] = []
     try:
         for store in ordered:
-            acquire_lock(store, note=note, break_lock=break_lock)
+            acquire_lock(store, note=note, break_lock=break_lock, force=force)
             taken.append(store)
         yield
     finally:
@@ -472,6 +482,7 @@ def reprocess(
     spec_path: str = "",
     break_lock: bool = False,
     runner: RunFn | None = None,
+    force: bool = False,
 ) -> ReprocessReport:
     """Lock every target store, then run each entry; one entry's error does not stop the others.
 
@@ -483,7 +494,7 @@ def reprocess(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     outcomes: list[EntryOutcome] = []
     note = f"sgma-batch reprocess {spec_path}".strip()
-    with store_locks([e.store for e in entries], note=note, break_lock=break_lock):
+    with store_locks([e.store for e in entries], note=note, break_lock=break_lock, force=force):
         for entry in entries:
             outcomes.append(_run_one(entry, runner))
     finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -501,6 +512,8 @@ def reprocess(
 
 
 def _run_one(entry: ReprocessEntry, runner: RunFn) -> EntryOutcome:
+    from sgma_batch.redact import redact
+
     label = {"store_name": entry.store_name, "store": entry.store, "aoi": entry.aoi_name, "period": entry.period.name}
     t0 = time.perf_counter()
     log.info("reprocess %s / %s / %s -> %s", entry.store_name, entry.aoi_name, entry.period.name, entry.store)
@@ -513,7 +526,7 @@ def _run_one(entry: ReprocessEntry, runner: RunFn) -> EntryOutcome:
             **label,
             status=status,
             exit_code=exc.exit_code,
-            error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            error=redact(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__,
             seconds=round(time.perf_counter() - t0, 3),
         )
     counts = {k: int(getattr(summary, k)) for k in ("reused", "computed", "degraded", "failed")}

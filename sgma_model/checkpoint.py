@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        _check_card_values(data)  # before anything is built from it: no NaN statistics, no absurd sizes
         fmt = data.get("format", CARD_FORMAT)
         if fmt != CARD_FORMAT:
             raise CheckpointError(
@@ -240,6 +242,75 @@ def _modality(m: ModalityInfo | Mapping[str, Any]) -> ModalityInfo:
         if not b.std > 0:
             raise ValueError(f"band {b.name!r} of {m['name']!r} has std {b.std}; it must be > 0")
     return ModalityInfo(name=str(m["name"]), bands=bands, collection_hint=m.get("collection_hint"))
+
+
+#: Bounds on a card's values, checked before any model is built from it (a card is user input).
+MAX_CARD_DEPTH = 32
+MAX_CLASSES = 1024
+MAX_BANDS = 256
+MAX_INT_ARGUMENT = 1 << 16
+
+
+def _depth(value: Any) -> int:
+    best, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, Mapping):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, d + 1) for x in v)
+        else:
+            continue
+        best = max(best, d + 1)
+    return best
+
+
+def _check_card_values(data: Mapping[str, Any]) -> None:
+    """Refuse cards whose values would build something absurd: deep nesting, NaN/infinite or non-positive
+    statistics, more classes or bands than any model has, a ``num_classes`` argument that differs from the
+    class list, integer arguments above 65536 (the constructor would allocate them)."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError("model card is not a JSON object; re-save the checkpoint")
+    if _depth(data) > MAX_CARD_DEPTH:
+        raise CheckpointError(f"model card is nested deeper than {MAX_CARD_DEPTH} levels; re-save the checkpoint")
+    classes, modalities, arguments = data.get("classes"), data.get("modalities"), data.get("arguments")
+    if isinstance(classes, list) and not 1 <= len(classes) <= MAX_CLASSES:
+        raise CheckpointError(f"model card lists {len(classes)} classes; a model has 1 to {MAX_CLASSES}")
+    if isinstance(modalities, list):
+        for m in modalities:
+            bands = m.get("bands") if isinstance(m, Mapping) else None
+            if not isinstance(bands, list):
+                continue
+            if not 1 <= len(bands) <= MAX_BANDS:
+                raise CheckpointError(f"model card lists {len(bands)} bands for {m.get('name')!r}; 1 to {MAX_BANDS}")
+            for b in bands:
+                if not isinstance(b, Mapping):
+                    continue
+                for key in ("mean", "std"):
+                    v = b.get(key)
+                    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    if not ok or (key == "std" and not v > 0):
+                        raise CheckpointError(
+                            f"band {b.get('name')!r} of {m.get('name')!r} has {key} {v!r} in the model card; "
+                            f"it must be a finite number{' > 0' if key == 'std' else ''}: re-save the checkpoint")
+    if isinstance(arguments, Mapping):
+        stack = list(arguments.items())
+        while stack:
+            key, v = stack.pop()
+            if isinstance(v, Mapping):
+                stack.extend(v.items())
+            elif isinstance(v, (list, tuple)):
+                stack.extend((key, x) for x in v)
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise CheckpointError(f"model card argument {key!r} is {v!r}; re-save the checkpoint")
+            elif isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT_ARGUMENT <= v <= MAX_INT_ARGUMENT:
+                raise CheckpointError(
+                    f"model card argument {key!r} is {v:,}, above {MAX_INT_ARGUMENT:,}; no model has that many "
+                    "(refused before anything is allocated): re-save the checkpoint")
+        n = arguments.get("num_classes")
+        if isinstance(classes, list) and isinstance(n, int) and n != len(classes):
+            raise CardMismatchError(
+                f"model card says num_classes {n} but lists {len(classes)} classes; re-save the checkpoint")
 
 
 def _class(c: ClassInfo | Mapping[str, Any] | tuple[str, str]) -> ClassInfo:
