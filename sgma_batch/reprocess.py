@@ -10,8 +10,11 @@ unchanged, so a rerun over an unchanged archive recomputes nothing.
 The lock is a file created atomically beside the store, ``<store>.sgma-lock`` (``O_CREAT | O_EXCL``), that
 records who holds it (host, pid, time). A held lock is refused with
 :class:`~sgma_batch.errors.StoreLockedError` (exit 42) before anything is written; a lock left by a crashed
-job is broken only on request (``break_lock``). Stores are paths (a shared volume on a cluster), like the
-``--out`` of ``run``; an object-store URL is refused when the spec is read.
+job is broken only on request (``break_lock``). Stores are paths or object-storage URLs, like the ``--out``
+of ``run``: on object storage the lock is the object ``<store>.sgma-lock``, created with a conditional PUT
+(``If-None-Match: *``), which is as atomic as ``O_EXCL``; release reads the holder and then deletes, and the
+delete is not conditional (object stores offer no compare-and-delete), so only a ``--break-lock`` racing the
+holder's own release could remove a newer lock.
 """
 
 from __future__ import annotations
@@ -103,8 +106,9 @@ class StoreSpec(_Strict):
     @field_validator("path")
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
-        if _is_url(value):
-            raise ValueError("stores are paths (e.g. on a shared volume); object-store URLs are not supported by run")
+        from sgma_batch.storage import location
+
+        location(value)  # s3:// gs:// az:// and paths; an unsupported scheme:// is refused here
         for _, key, _, _ in string.Formatter().parse(value):
             if key is not None and key not in _TEMPLATE_KEYS:
                 raise ValueError(f"unknown placeholder {{{key}}} in store path; known: {', '.join(_TEMPLATE_KEYS)}")
@@ -342,15 +346,19 @@ class LockInfo:
         return f"held by pid {self.pid} on {self.host} since {self.created}"
 
 
-def lock_path(store: str | Path) -> Path:
-    """Where the run lock of a store lives: ``<store>.sgma-lock`` beside it."""
-    return Path(f"{str(store).rstrip('/')}{LOCK_SUFFIX}")
+def lock_path(store: str | Path) -> Path | str:
+    """Where the run lock of a store lives: ``<store>.sgma-lock`` beside it (a path, or an object's URL)."""
+    from sgma_batch.storage import location
+
+    return location(f"{str(store).rstrip('/')}{LOCK_SUFFIX}")
 
 
 def read_lock(store: str | Path) -> LockInfo | None:
     """The current holder of a store's lock, or None when it is free."""
     try:
-        raw = json.loads(lock_path(store).read_text())
+        from sgma_batch.storage import read_bytes
+
+        raw = json.loads(read_bytes(lock_path(store)))
         return LockInfo(**{k: raw[k] for k in ("host", "pid", "created", "user", "note") if k in raw})
     except FileNotFoundError:
         return None
@@ -368,14 +376,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _create_exclusive(path: Path, payload: bytes) -> None:
-    """Create the lock file or raise FileExistsError (atomic: ``O_CREAT | O_EXCL``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _create_exclusive(path: Path | str, payload: bytes) -> None:
+    """Create the lock or raise FileExistsError (atomic: ``O_CREAT | O_EXCL``, or a conditional PUT)."""
+    from sgma_batch.storage import create_exclusive
+
+    create_exclusive(path, payload)
+
+
+def _delete(path: Path | str) -> None:
+    from sgma_batch.storage import delete
+
+    delete(path)
 
 
 def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False, force: bool = False) -> Path:
@@ -391,7 +402,7 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False,
 
             check_break(store, holder, force=force)  # only a dead owner's lock, unless force
             log.warning("breaking run lock of %s (%s)", store, holder.describe())
-            lock_path(store).unlink(missing_ok=True)
+            _delete(lock_path(store))
     info = LockInfo(
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -412,7 +423,7 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False,
             f"store {store} is locked, {desc}{stale}; wait for that job, or pass --break-lock if it is dead"
         ) from None
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM) or not isinstance(path, Path):
             raise StoreUnwritableError(f"cannot write the run lock {path}: {exc.strerror}") from None
         raise
     log.debug("locked %s", store)
@@ -423,7 +434,7 @@ def release_lock(store: str | Path) -> None:
     """Remove the lock if this process holds it (a lock taken over by someone else is left alone)."""
     holder = read_lock(store)
     if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        lock_path(store).unlink(missing_ok=True)
+        _delete(lock_path(store))
 
 
 @contextmanager
