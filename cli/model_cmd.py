@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,7 +23,8 @@ def list_models(
 
 @model_app.command("info")
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory (model.safetensors + card.json).")],
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory (model.safetensors + card.json): a "
+                                                "path or an s3:// gs:// az:// https:// URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole model card as JSON.")] = False,
 ) -> None:
     """Show a checkpoint's model card: architecture, modalities and bands, classes, metrics."""

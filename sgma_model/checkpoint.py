@@ -4,6 +4,12 @@ Loading never unpickles: weights come from safetensors, everything else from JSO
 registry name and constructor arguments, the modalities with their bands (canonical names, common
 names, normalisation mean/std), the classes (names, colours), free-form training metadata, and the
 sha256 of the weights file, which ``load_checkpoint`` verifies.
+
+A checkpoint directory is a local path or an object-storage URL (``s3://bucket/models/v3``, ``gs://``,
+``az://``; ``https://`` to load only), read and written with obstore, configured from the standard
+environment variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``, credentials; see ``sgma_batch.storage``, which
+``sgma_model`` does not import). On object storage the weights are one PUT and the card another, after them,
+as on disk each is a temporary file renamed into place: a reader that finds the card finds its weights.
 """
 
 from __future__ import annotations
@@ -333,6 +339,64 @@ def check_inputs(card: ModelCard, inputs_band_names: Mapping[str, Sequence[str]]
             )
 
 
+# -- local paths and object-storage URLs -----------------------------------------------------------------
+_URL_SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https")
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.split("://", 1)[0].lower() in _URL_SCHEMES and "://" in path
+
+
+def _url_join(url: str, name: str) -> str:
+    return f"{url.rstrip('/')}/{name}"
+
+
+def _url_object(url: str) -> tuple[Any, str]:
+    from obstore.store import from_url
+
+    folder, _, name = url.rstrip("/").rpartition("/")
+    return from_url(folder), name
+
+
+def _url_read(url: str) -> bytes | None:
+    """The object at ``url``, or None when there is none; other failures raise CheckpointError."""
+    import obstore
+    from obstore.exceptions import BaseError, NotFoundError
+
+    try:
+        client, name = _url_object(url)
+        return bytes(obstore.get(client, name).bytes())
+    except (FileNotFoundError, NotFoundError):
+        return None
+    except (BaseError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(f"cannot read {url}: {first}; check the URL and the AWS_*/GOOGLE_*/AZURE_* "
+                              "environment") from None
+
+
+def _url_write(url: str, data: bytes) -> None:
+    import obstore
+    from obstore.exceptions import BaseError
+
+    try:
+        client, name = _url_object(url)
+        obstore.put(client, name, data)  # one PUT: atomic
+    except (BaseError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(f"cannot write {url}: {first}; check the bucket and credentials") from None
+
+
+def _card_location(path: str | os.PathLike[str]) -> tuple[str | Path, str | Path]:
+    """(card file, checkpoint directory) of a checkpoint directory or its card.json, path or URL."""
+    if _is_url(path):
+        url = str(path).rstrip("/")
+        if url.endswith("/" + CARD_FILE):
+            return url, url[: -len(CARD_FILE) - 1]
+        return _url_join(url, CARD_FILE), url
+    p = Path(path)
+    return (p / CARD_FILE, p) if p.is_dir() else (p, p.parent)
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -342,15 +406,18 @@ def _sha256_file(path: Path) -> str:
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
-    """Read the card of a checkpoint directory (or a card.json path) without touching the weights."""
-    p = Path(path)
-    card_path = p / CARD_FILE if p.is_dir() else p
-    if not card_path.is_file():
+    """Read the card of a checkpoint directory (or a card.json path, or their URLs) without the weights."""
+    card_path, _ = _card_location(path)
+    if isinstance(card_path, str):
+        raw = _url_read(card_path)
+        if raw is None:
+            raise CheckpointError(f"no {CARD_FILE} at {path}; give a checkpoint directory written by save_checkpoint")
+    elif not card_path.is_file():
         raise CheckpointError(
-            f"no {CARD_FILE} at {p}; give a checkpoint directory written by save_checkpoint"
+            f"no {CARD_FILE} at {path}; give a checkpoint directory written by save_checkpoint"
         )
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8") if isinstance(card_path, str) else card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {card_path}: {exc}; re-save the checkpoint") from None
     if not isinstance(data, dict):
@@ -370,9 +437,11 @@ def save_checkpoint(model: MultiModalSegmenter, path: str | os.PathLike[str], ca
             f"card says {card.architecture} {card.arguments}, the model is {model.architecture} {model.arguments}"
         )
     card.check_model(model)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if _is_url(path):
+        return _save_to_url(str(path).rstrip("/"), state, card)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     tmp_w = out / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp_w), metadata={"architecture": card.architecture, "format": "pt"})
     os.replace(tmp_w, out / WEIGHTS_FILE)
@@ -391,28 +460,52 @@ def save_checkpoint(model: MultiModalSegmenter, path: str | os.PathLike[str], ca
     return saved
 
 
+def _save_to_url(url: str, state: dict[str, Any], card: ModelCard) -> ModelCard:
+    """:func:`save_checkpoint` to object storage: the weights PUT, then the card PUT (the commit point)."""
+    from safetensors.torch import save
+
+    weights = save(state, metadata={"architecture": card.architecture, "format": "pt"})
+    _url_write(_url_join(url, WEIGHTS_FILE), weights)
+    saved = ModelCard(architecture=card.architecture, arguments=card.arguments, modalities=card.modalities,
+                      classes=card.classes, training=card.training,
+                      weights_sha256=hashlib.sha256(weights).hexdigest())
+    _url_write(_url_join(url, CARD_FILE), (json.dumps(saved.to_dict(), indent=2, allow_nan=False) + "\n").encode())
+    log.info("saved checkpoint %s (%s, hash %s)", url, card.architecture, saved.model_hash[:12])
+    return saved
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[MultiModalSegmenter, ModelCard]:
     """Load a checkpoint directory: build the model from the card, fill in the weights, eval mode."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     from sgma_model.registry import create_model
 
     card = read_card(path)
-    base = Path(path) if Path(path).is_dir() else Path(path).parent  # a directory or its card.json
-    weights = base / WEIGHTS_FILE
-    if not weights.is_file():
+    _, base = _card_location(path)  # a directory or its card.json
+    if isinstance(base, str):
+        weights: str | Path = _url_join(base, WEIGHTS_FILE)
+        raw = _url_read(weights)
+        missing = raw is None
+    else:
+        weights, raw = base / WEIGHTS_FILE, None
+        missing = not weights.is_file()
+    if missing:
         raise CheckpointError(
             f"no {WEIGHTS_FILE} in {path}; give a checkpoint directory written by save_checkpoint"
         )
-    if card.weights_sha256 is not None and _sha256_file(weights) != card.weights_sha256:
+    digest = hashlib.sha256(raw).hexdigest() if raw is not None else _sha256_file(weights)  # type: ignore[arg-type]
+    if card.weights_sha256 is not None and digest != card.weights_sha256:
         raise CardMismatchError(
             f"{weights} does not match the sha256 in its card; the files come from different saves"
         )
     try:
-        state = load_file(str(weights), device=str(map_location))
+        if raw is not None:
+            state = {k: v.to(map_location) for k, v in load(raw).items()}
+        else:
+            state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights} as safetensors: {exc}") from None
     try:

@@ -21,14 +21,17 @@ def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None
     """
     import zarr
 
-    path = Path(path)
+    from sgma_batch import storage
+
+    path = storage.location(path)  # a path or an s3:// gs:// az:// URL: everything below goes to the store
     factors = _write_overviews(path, layout)
-    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    store = storage.zarr_store(path)
+    root = zarr.open_group(store, mode="r+", use_consolidated=False)
     root.attrs.update({"sgma:overviews": factors, **_multiscales_attrs(layout, factors)})
     attrs = root.attrs.asdict()
-    zarr.consolidate_metadata(str(path), zarr_format=layout.zarr_format)
-    render_quicklook(path, path / "quicklook.png")
-    render_drivers(path, path / "drivers.png")
+    zarr.consolidate_metadata(store, zarr_format=layout.zarr_format)
+    render_quicklook(path, storage.join(path, "quicklook.png"))
+    render_drivers(path, storage.join(path, "drivers.png"))
     item = _stac_item(path, layout, attrs, footprint)
-    _atomic_write_json(path / "item.json", item)
+    _atomic_write_json(storage.join(path, "item.json"), item)
     return item

@@ -258,7 +258,7 @@ def _root_attrs(layout: StoreLayout, provenance: Mapping[str, Any]) -> dict[str,
     }
 
 
-def _check_compatible(path: Path, attrs: Mapping[str, Any], layout: StoreLayout) -> None:
+def _check_compatible(path: Path | str, attrs: Mapping[str, Any], layout: StoreLayout) -> None:
     grid = attrs.get("sgma:grid")
     if grid is None:
         raise StoreIncompatibleError(f"{path} is not an sgma-batch store; pass a new --out path")
@@ -306,17 +306,26 @@ def _quiet_zarr(fn: Any) -> Any:
 def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapping[str, Any]) -> bool:
     """Create the store template, or check that an existing store has the same layout.
 
+    ``path`` is a local path or an object-storage URL (:mod:`sgma_batch.storage`).
+
     Returns:
         True when the store was created, False when an existing compatible store is reused (its root
         attributes are then refreshed with the new provenance).
     """
     import zarr
 
-    path = Path(path)
+    from sgma_batch import storage
+
+    path = storage.user_location(path)  # an unsupported scheme:// is a usage error (exit 2), not a folder
     attrs = _root_attrs(layout, provenance)
-    if path.exists() and any(path.iterdir()):
+    try:
+        with storage.as_oserror(path):
+            present = storage.has_children(path)
+    except OSError as exc:
+        raise StoreUnwritableError(f"cannot list {path} ({exc.strerror}); check the URL and credentials") from None
+    if present:
         try:
-            group = zarr.open_group(str(path), mode="r+")
+            group = zarr.open_group(storage.zarr_store(path), mode="r+")
         except Exception as exc:  # noqa: BLE001 - any failure to open means "not a store we can use"
             raise StoreIncompatibleError(
                 f"{path} exists and is not a readable Zarr store ({type(exc).__name__}); pass a new --out path"
@@ -332,14 +341,22 @@ def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapp
             attrs["zarr_conventions"] = old["zarr_conventions"]
         group.attrs.update(attrs)
         return False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreUnwritableError(f"cannot create {path.parent} ({exc.strerror}); choose a writable --out") from None
+    if isinstance(path, Path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnwritableError(f"cannot create {path.parent} ({exc.strerror}); choose a writable --out") from None
     ds, encoding = _template(layout, attrs)
-    ds.to_zarr(str(path), mode="w", compute=False, consolidated=False, zarr_format=layout.zarr_format,
-               encoding=encoding)
-    (path / MANIFEST_DIR).mkdir(exist_ok=True)
+    try:
+        with storage.as_oserror(path):
+            ds.to_zarr(storage.zarr_store(path), mode="w", compute=False, consolidated=False,
+                       zarr_format=layout.zarr_format, encoding=encoding)
+    except OSError as exc:
+        if isinstance(path, Path):
+            raise
+        raise StoreUnwritableError(f"cannot write {path} ({exc.strerror}); check the bucket and credentials") from None
+    if isinstance(path, Path):  # object storage has no folders: manifest/ appears with its first record
+        (path / MANIFEST_DIR).mkdir(exist_ok=True)
     log.info("created store %s (%s px, chunks %d)", path, layout.geobox.shape, layout.tile_px)
     return True
 
@@ -358,7 +375,10 @@ def open_mosaic(path: str | Path, *, group: str | None = None) -> Any:
 
     with warnings.catch_warnings():  # a store still being written has no consolidated metadata yet
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated", category=RuntimeWarning)
-        return xr.open_zarr(str(path), group=group, decode_coords="all", mask_and_scale=False)
+        from sgma_batch import storage
+
+        store = storage.zarr_store(storage.location(path), read_only=True)  # a path or an s3:// gs:// az:// URL
+        return xr.open_zarr(store, group=group, decode_coords="all", mask_and_scale=False)
 
 
 @_quiet_zarr
@@ -370,11 +390,17 @@ def check_store(path: str | Path, layout: StoreLayout) -> bool:
     """
     import zarr
 
-    path = Path(path)
-    if not path.exists() or not any(path.iterdir()):
-        return False
+    from sgma_batch import storage
+
+    path = storage.user_location(path)
     try:
-        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        with storage.as_oserror(path):
+            if not storage.has_children(path):
+                return False
+    except OSError as exc:
+        raise StoreUnwritableError(f"cannot list {path} ({exc.strerror}); check the URL and credentials") from None
+    try:
+        group = zarr.open_group(storage.zarr_store(path, read_only=True), mode="r", use_consolidated=False)
     except Exception:  # noqa: BLE001 - any failure to open means "not a store we can use"
         raise StoreIncompatibleError(f"{path} exists and is not a readable Zarr store; pass a new --out path") from None
     if group.metadata.zarr_format != layout.zarr_format:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ def _morton(n: int) -> list[tuple[int, int]]:
 
 
 @_quiet_zarr
-def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
+def _write_overviews(path: Path | str, layout: StoreLayout) -> list[int]:
     """Nearest-neighbour (centre pixel) overviews of the map variables under overviews/<f>.
 
     Level ``f`` holds the full-resolution pixel ``f * i + f // 2`` at index ``i``. One pass over blocks of
@@ -46,14 +45,16 @@ def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
     """
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    from sgma_batch import storage
+
+    path = storage.location(path)
+    store = storage.zarr_store(path)  # a path, or zarr's ObjectStore for s3:// gs:// az://
+    root = zarr.open_group(store, mode="r+", use_consolidated=False)
     src = {name: root[name] for name in _OVERVIEW_FILL}
     h, w = src["class"].shape
     t = layout.tile_px  # the chunk size of every map variable
     factors = _overview_levels(layout)
-    ov_dir = path / "overviews"
-    if ov_dir.exists():
-        shutil.rmtree(ov_dir)
+    storage.delete_tree(storage.join(path, "overviews"))
     dst, shapes = {}, {}
     for f in factors:
         gb = layout.geobox.zoom_out(f)
@@ -62,9 +63,9 @@ def _write_overviews(path: Path, layout: StoreLayout) -> list[int]:
                                        **_geozarr_attrs(gb)})
         ds = ds[list(_OVERVIEW_FILL)]
         encoding = {k: encoding[k] for k in _OVERVIEW_FILL}
-        ds.to_zarr(str(path), group=f"overviews/{f}", mode="w", compute=False, consolidated=False,
+        ds.to_zarr(store, group=f"overviews/{f}", mode="w", compute=False, consolidated=False,
                    zarr_format=layout.zarr_format, encoding=encoding)
-        dst[f] = zarr.open_group(str(path / "overviews" / str(f)), mode="r+", use_consolidated=False)
+        dst[f] = zarr.open_group(store, path=f"overviews/{f}", mode="r+", use_consolidated=False)
         shapes[f] = gb.shape.yx
     lead = {name: src[name].shape[:-2] for name in _OVERVIEW_FILL}
     u = _OVERVIEW_UNIT

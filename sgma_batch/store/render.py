@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,29 @@ def _coarsest_fitting(root: Any, name: str, max_px: int) -> np.ndarray:
     return data
 
 
+def _save_png(image: Any, png: Path | str) -> None:
+    """Save a PIL image to a path or an object-storage URL (one PUT)."""
+    from sgma_batch import storage
+
+    if isinstance(png, Path):
+        png.parent.mkdir(parents=True, exist_ok=True)
+        image.save(png)
+        return
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    storage.write_bytes(png, buf.getvalue())
+
+
 @_quiet_zarr
-def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path:
+def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path | str:
     """A PNG of the class map (from the finest overview no larger than ``max_px``) with a legend."""
     import zarr
     from PIL import Image, ImageDraw
 
-    path, png = Path(path), Path(png)
-    root = zarr.open_group(str(path), mode="r")
+    from sgma_batch import storage
+
+    path, png = storage.location(path), storage.location(png)
+    root = zarr.open_group(storage.zarr_store(path, read_only=True), mode="r")
     attrs = root.attrs.asdict()
     classes = [(c["name"], c["color"]) for c in attrs["sgma:classes"]]
     data = _coarsest_fitting(root, "class", max_px)
@@ -50,8 +66,7 @@ def render_quicklook(path: str | Path, png: str | Path, *, max_px: int = 1024) -
         y = 4 + row_h * (i + 1)
         draw.rectangle((w + 8, y, w + 22, y + 12), fill=color, outline=(0, 0, 0, 255))
         draw.text((w + 28, y), name, fill=(0, 0, 0, 255))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(png)
+    _save_png(canvas, png)
     return png
 
 
@@ -60,14 +75,16 @@ DRIVER_CHANNELS = {"s2": 0, "s1": 1, "dem": 2}  # red, green, blue
 
 
 @_quiet_zarr
-def render_drivers(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path:
+def render_drivers(path: str | Path, png: str | Path, *, max_px: int = 1024) -> Path | str:
     """A PNG of what drove each decision: the robustness maps as RGB (S2 red, S1 green, DEM blue; a pure
     colour = one sensor decided, a mix = shared) beside the confidence (dark = unsure), from overviews."""
     import zarr
     from PIL import Image, ImageDraw
 
-    path, png = Path(path), Path(png)
-    root = zarr.open_group(str(path), mode="r")
+    from sgma_batch import storage
+
+    path, png = storage.location(path), storage.location(png)
+    root = zarr.open_group(storage.zarr_store(path, read_only=True), mode="r")
     modalities = list(root.attrs.asdict()["sgma:modalities"])
     valid = _coarsest_fitting(root, "class", max_px) != CLASS_NODATA  # (h, w)
     rob = _coarsest_fitting(root, "robustness", max_px)  # (M, h, w) uint8, weights x 254 (255 = nodata)
@@ -101,6 +118,5 @@ def render_drivers(path: str | Path, png: str | Path, *, max_px: int = 1024) -> 
         draw.line((x + j, y + row_h, x + j, y + row_h + 10), fill=(v, v, v))
     draw.text((x, y + row_h + 12), "0", fill=(0, 0, 0))
     draw.text((x + 94, y + row_h + 12), "1", fill=(0, 0, 0))
-    png.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(png)
+    _save_png(canvas, png)
     return png

@@ -10,7 +10,7 @@ from typing import Any
 from sgma_batch.store.layout import StoreLayout
 
 
-def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footprint: Any) -> dict[str, Any]:
+def _stac_item(path: Path | str, layout: StoreLayout, attrs: Mapping[str, Any], footprint: Any) -> dict[str, Any]:
     g = layout.geobox
     ll = footprint if footprint is not None else g.extent.to_crs("EPSG:4326")
     geometry = ll.json if hasattr(ll, "json") else ll
@@ -24,7 +24,7 @@ def _stac_item(path: Path, layout: StoreLayout, attrs: Mapping[str, Any], footpr
             "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
             "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
         ],
-        "id": path.name,
+        "id": path.name if isinstance(path, Path) else path.rstrip("/").rsplit("/", 1)[-1],
         "geometry": geometry,
         "bbox": bbox,
         "properties": {

@@ -115,7 +115,7 @@ def test_spec_expands_to_aois_x_periods_x_stores_with_paths_resolved(tmp_path: P
         ({"stores": [{"name": "main", "path": "out/{region}.zarr"}]}, "unknown placeholder"),
         ({"aois": []}, "aois"),
         ({"unknown_key": 1}, "unknown_key"),
-        ({"stores": [{"name": "main", "path": "s3://bucket/{aoi}/{period}.zarr"}]}, "object-store URLs"),
+        ({"stores": [{"name": "main", "path": "ftp://bucket/{aoi}/{period}.zarr"}]}, "unsupported URL scheme"),
     ],
 )
 def test_bad_specs_fail_with_a_spec_error_naming_the_field(tmp_path: Path, override, message: str) -> None:
