@@ -41,7 +41,7 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     aoi: str | list[float] = Field(description="GeoJSON file, or a min_lon,min_lat,max_lon,max_lat bbox")
-    out: str = Field(description="output Zarr store (a local path)")
+    out: str = Field(description="output Zarr store: a local path or an s3:// gs:// az:// URL")
     start: str | None = None
     end: str | None = None
     catalog: str | None = Field(None, description="STAC API URL or static catalog path; default: the demo archive")
@@ -235,6 +235,13 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
 
     Raises:
         NothingFoundError: no scene of any model modality over the AOI and window.
+def _store_exists(out: str) -> bool:
+    """Anything at ``out`` already (a path, or keys under an object-storage URL)."""
+    from sgma_batch.storage import exists, user_location
+
+    return exists(user_location(out))
+
+
         StoreIncompatibleError: ``spec.out`` holds a store with another grid, tiling or classes.
     """
     from datetime import datetime
@@ -266,7 +273,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         nonlocal session
         # A fresh store computes every tile: start Ray now, so ray.init overlaps the search and planning. A
         # rerun may have nothing to do, so it starts Ray only once it knows there are tiles to compute.
-        if executor == "ray" and not Path(spec.out).exists() and not _ray_connected():
+        if executor == "ray" and not _store_exists(spec.out) and not _ray_connected():
             session = _RaySession(spec.address)
 
     try:
@@ -284,7 +291,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             session.wait(spec.connect_timeout_s)  # the cluster is usable before the store is touched
         locks.enter_context(run_lock(spec.out, note="sgma-batch run", break_lock=spec.break_lock, force=spec.force))
         creating = None
-        if executor == "local" and not Path(spec.out).exists():
+        if executor == "local" and not _store_exists(spec.out):
             # a new store has nothing to reuse: create it while the first tiles are read and forwarded
             creating = ThreadPoolExecutor(1, thread_name_prefix="sgma-store").submit(
                 open_or_create_store, spec.out, layout, provenance)

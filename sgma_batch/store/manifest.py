@@ -43,8 +43,12 @@ def write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slice
     shape = (ys.stop - ys.start, xs.stop - xs.start)
     assert arrays.class_.shape == shape, (arrays.class_.shape, shape)
 
+    from sgma_batch import storage
+
+    store = storage.zarr_store(storage.location(path))  # a path, or zarr's ObjectStore for s3:// gs:// az://
+
     def arr(name: str):  # open arrays directly: listing the group would visit manifest/ as well
-        return zarr.open_array(str(path), path=name, mode="r+", zarr_format=layout.zarr_format)
+        return zarr.open_array(store, path=name, mode="r+", zarr_format=layout.zarr_format)
 
     cls = arrays.class_.astype(np.uint8, copy=False)
     nodata = cls == CLASS_NODATA  # (H, W): every variable is nodata there, whatever the caller passed
@@ -71,8 +75,14 @@ def encode_robustness(weights_x255: np.ndarray, nodata: np.ndarray) -> np.ndarra
 FILE_MODE = 0o644
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    """Write ``text`` to ``target`` atomically (a temporary file, fsync, rename), mode :data:`FILE_MODE`."""
+def _atomic_write(target: Path | str, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (a temporary file, fsync, rename), mode :data:`FILE_MODE`;
+    on object storage (``target`` a URL) one PUT, which is atomic there."""
+    if not isinstance(target, Path):
+        from sgma_batch import storage
+
+        storage.write_bytes(storage.location(target), text.encode())
+        return
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600
@@ -86,15 +96,18 @@ def _atomic_write(target: Path, text: str) -> None:
         raise
 
 
-def _atomic_write_json(target: Path, obj: Mapping[str, Any]) -> None:
+def _atomic_write_json(target: Path | str, obj: Mapping[str, Any]) -> None:
     _atomic_write(target, json.dumps(obj, sort_keys=True, default=str))
 
 
 def commit_tile(path: str | Path, record: TileRecord) -> None:
-    """Commit a tile: write its manifest record atomically, after its data."""
-    directory = Path(path) / MANIFEST_DIR
-    directory.mkdir(exist_ok=True)
-    _atomic_write(directory / f"{record.tile_id}.json", record.to_json())
+    """Commit a tile: write its manifest record atomically, after its data (on object storage: one PUT)."""
+    from sgma_batch import storage
+
+    directory = storage.join(storage.location(path), MANIFEST_DIR)
+    if isinstance(directory, Path):
+        directory.mkdir(exist_ok=True)
+    _atomic_write(storage.join(directory, f"{record.tile_id}.json"), record.to_json())
 
 
 def read_manifest(path: str | Path) -> dict[str, TileRecord]:
@@ -104,12 +117,13 @@ def read_manifest(path: str | Path) -> dict[str, TileRecord]:
         StoreCorruptError: a record is not JSON or not a tile record.
         StoreIncompatibleError: a record was written by a newer sgma-batch (a newer schema version).
     """
-    directory = Path(path) / MANIFEST_DIR
+    from sgma_batch import storage
+
+    directory = storage.join(storage.location(path), MANIFEST_DIR)
     out: dict[str, TileRecord] = {}
-    if not directory.is_dir():
-        return out
-    for f in sorted(directory.glob("*.json")):
-        rec = TileRecord.from_json(f.read_bytes(), source=f"manifest record {f}")
+    files = [storage.join(directory, name) for name in storage.list_names(directory, suffix=".json")]
+    for f, raw in zip(files, storage.read_many(files)):  # on object storage: listed once, fetched in parallel
+        rec = TileRecord.from_json(raw, source=f"manifest record {f}")
         out[rec.tile_id] = rec
     return out
 
