@@ -154,6 +154,8 @@ def train(
     subset_prob: Optional[float] = typer.Option(None, "--subset-prob", help="Whole-modality dropout probability."),
     hole_prob: Optional[float] = typer.Option(None, "--hole-prob", help="Per-pixel (cloud-like) dropout probability."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="RobustSeg stage 2: frozen teacher checkpoint (path or URL)."),
+    kd_reduction: Optional[str] = typer.Option(None, "--kd-reduction", help="RobustSeg KD over classes: mean (public code, default) or sum."),
+    hpdm_variant: Optional[str] = typer.Option(None, "--hpdm-variant", help="RobustSeg HPDM: robustseg (public code, default) or hybrid."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (and after the last)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="GPU workers with NCCL and bf16, or CPU with gloo."),
@@ -169,7 +171,7 @@ def train(
     flags = dict(name=name, chips=chips_path, storage=storage, out=out, model=model, modalities=mods, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                  poly_power=poly_power, mas_weight=mas_weight, subset_prob=subset_prob, hole_prob=hole_prob,
-                 teacher=teacher, val_every=val_every, workers=workers, gpu=gpu, threads_per_worker=threads_per_worker, seed=seed)
+                 teacher=teacher, kd_reduction=kd_reduction, hpdm_variant=hpdm_variant, val_every=val_every, workers=workers, gpu=gpu, threads_per_worker=threads_per_worker, seed=seed)
     if config is not None:
         spec = TrainSpec.from_yaml(config, **flags)
     else:

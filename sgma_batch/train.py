@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import yaml
@@ -73,6 +73,11 @@ class TrainSpec(BaseModel):
     kd_weight: float = 50.0
     hpdm_weight: float = 100.0
     rrm_weight: float = 12.0
+    kd_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="KD over classes: mean (RobustSeg's public code) or sum (K times stronger)")
+    hpdm_variant: Literal["robustseg", "hybrid"] = Field(
+        "robustseg", description="HPDM: robustseg (public code: same-modality pairs) or hybrid (random teacher "
+        "modality half the time; docs/model.md)")
     augment: bool = True
     val_every: int = Field(1, ge=1, description="validate every N epochs (and always after the last)")
     workers: int = Field(2, ge=1)
@@ -306,7 +311,7 @@ def build_objective(spec: TrainSpec, device: Any) -> Objective:
     teacher.eval().requires_grad_(False)
     distill = RobustSegLoss(
         teacher.num_classes, ce_weight=0.0, kd_weight=spec.kd_weight, hpdm_weight=spec.hpdm_weight,
-        rrm_weight=spec.rrm_weight,
+        rrm_weight=spec.rrm_weight, kd_reduction=spec.kd_reduction, hpdm_variant=spec.hpdm_variant,
     )
     return DistillObjective(teacher, distill, base)
 

@@ -4,13 +4,23 @@ Total = ce_weight x CE + kd_weight x KD + hpdm_weight x HPDM + rrm_weight x RRM,
 (RobustSeg's public code), RRM with an inner weight of 1e-5. Both outputs must come from
 ``model(..., return_features=True)``; student and teacher must have the same ``feature_info`` channels.
 
-- **KD**: KL(teacher || student) of the per-pixel class distributions at temperature T, times T^2, mean over
-  pixels where the student has data.
-- **HPDM**: per sample, stage and student modality, class prototypes by label-masked average pooling
-  (labels resized to the feature grid with nearest; the sum is divided by the pixel count once), for
-  student and teacher; KL(teacher || student) of the softmax over the class axis (per channel), averaged.
-  Hybrid: with probability ``cross_modal_prob`` a student modality is matched to a teacher modality drawn
-  uniformly from the teacher's, otherwise to its own.
+The defaults follow RobustSeg's public code (github.com/RobustSeg/RobustSeg, ``tools/train_deliver_mad50_
+proto_cur_reg.py``, ``mmkd/PCUMD.py``, ``mmkd/Prototype.py``); the variants this project used first are kept
+as options (``kd_reduction="sum"``, ``hpdm_variant="hybrid"``) and measured against them (docs/model.md).
+
+- **KD**: KL(teacher || student) of the per-pixel class distributions at temperature T, times T^2.
+  ``kd_reduction="mean"`` (default, as the public code's ``nn.KLDivLoss(reduction="mean")`` on (B, K, H, W)):
+  the mean over classes *and* pixels, i.e. the per-pixel KL divided by K; ``"sum"``: summed over classes
+  (K times stronger). Pixels: where the student has data (the public student always has some modality).
+- **HPDM**: class prototypes by label-masked average pooling (labels resized to the feature grid with
+  nearest; the sum divided by the pixel count once: the public code divides twice, which MODEL.md says not
+  to copy), for student and teacher; KL(teacher || student) of the softmax over the class axis.
+  ``hpdm_variant="robustseg"`` (default, as ``PCUMD``): a student modality is paired with the *same*
+  teacher modality; all K classes enter the softmax (an absent class has a zero prototype); the KL is the
+  mean over (class, channel) entries; summed over stages and over the student's modalities, divided by the
+  batch size. ``"hybrid"`` (this project's first reading of "hybrid"): with probability
+  ``cross_modal_prob`` (0.5) a random teacher modality, only the classes present in the sample, KL summed
+  over classes and averaged over channels, mean over (stage, modality, sample).
 - **RRM**: a functional-entropy regulariser (Gat et al. 2020, log-Sobolev inequality) turned into a
   teacher-student discrepancy, as RobustSeg's abstract describes it ("reduces representation discrepancies
   between the teacher and student by optimizing functional entropy"). Per stage and modality, each network's
@@ -37,13 +47,23 @@ from sgma_model.losses import IGNORE_INDEX, masked_cross_entropy
 from sgma_model.model import SegmentationOutput
 
 
+KD_REDUCTIONS = ("mean", "sum")
+HPDM_VARIANTS = ("robustseg", "hybrid")
+
+
 def logit_kd(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, valid: Tensor | None = None
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, valid: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) x T^2, summed over classes, mean over (valid) pixels."""
+    """KL(softmax(t/T) || softmax(s/T)) x T^2 over (valid) pixels: ``mean`` over classes (RobustSeg's
+    ``KLDivLoss(reduction="mean")``) or ``sum`` over classes (K times larger)."""
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"kd reduction {reduction!r}; use one of {KD_REDUCTIONS}")
     t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)  # (B, K, H, W)
     s = F.log_softmax(student_logits.float() / temperature, dim=1)
     kl = (t.exp() * (t - s)).sum(dim=1)  # (B, H, W)
+    if reduction == "mean":
+        kl = kl / t.shape[1]
     if valid is None:
         return kl.mean() * temperature**2
     return (kl * valid).sum() / valid.sum().clamp_min(1) * temperature**2
@@ -99,11 +119,22 @@ def hpdm_loss(
     num_classes: int,
     *,
     student_masks: Mapping[str, Tensor] | None = None,
-    cross_modal_prob: float = 0.5,
+    cross_modal_prob: float | None = None,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    variant: str = "robustseg",
 ) -> Tensor:
-    """Hybrid prototype distillation, mean over (stage, student modality, sample with data)."""
+    """Prototype distillation (module docstring): ``robustseg`` (public code) or ``hybrid`` (first variant).
+
+    ``cross_modal_prob``: default 0 for ``robustseg`` (same-modality pairs), 0.5 for ``hybrid``.
+    """
+    if variant not in HPDM_VARIANTS:
+        raise ValueError(f"hpdm variant {variant!r}; use one of {HPDM_VARIANTS}")
+    if cross_modal_prob is None:
+        cross_modal_prob = 0.0 if variant == "robustseg" else 0.5
+    if variant == "robustseg":
+        return _hpdm_robustseg(student_feats, teacher_feats, target, num_classes, student_masks=student_masks,
+                               cross_modal_prob=cross_modal_prob, temperature=temperature, generator=generator)
     t_names = list(teacher_feats)
     total, n = target.new_zeros((), dtype=torch.float32), 0
     for m, s_stages in student_feats.items():
@@ -130,6 +161,47 @@ def hpdm_loss(
                 total = total + _prototype_kl(ps, pt, present, temperature)[has].sum()
                 n += int(has.sum())
     return total / max(n, 1)
+
+
+def _hpdm_robustseg(
+    student_feats: Mapping[str, list[Tensor]],
+    teacher_feats: Mapping[str, list[Tensor]],
+    target: Tensor,
+    num_classes: int,
+    *,
+    student_masks: Mapping[str, Tensor] | None,
+    cross_modal_prob: float,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """RobustSeg's PCUMD: per sample, sum over stages and the modalities the sample holds of
+    KL(reduction="mean" over K x C) between softmaxes over all K classes; divided by the batch size."""
+    t_names = list(teacher_feats)
+    b = target.shape[0]
+    total = target.new_zeros((), dtype=torch.float32)
+    for m, s_stages in student_feats.items():
+        for i, fs in enumerate(s_stages):
+            h, w = fs.shape[-2:]
+            labels = _resize_labels(target, (h, w))
+            valid = _student_valid(student_masks, m, fs)
+            has = valid.flatten(1).any(dim=1)  # (B,) samples holding the modality
+            if not bool(has.any()):
+                continue
+            partner = m if m in teacher_feats else t_names[0]
+            if cross_modal_prob > 0 and torch.rand((), generator=generator, device=target.device).item() < cross_modal_prob:
+                partner = t_names[int(torch.randint(len(t_names), (), generator=generator, device=target.device).item())]
+            ft = teacher_feats[partner][i].detach()
+            if ft.shape[1] != fs.shape[1]:
+                raise ValueError(
+                    f"stage {i}: student has {fs.shape[1]} channels, teacher {ft.shape[1]}; use equal sizes"
+                )
+            ps, _ = class_prototypes(fs, labels, num_classes, valid)  # (B, K, C); absent classes 0
+            pt, _ = class_prototypes(ft, labels, num_classes)
+            ls = F.log_softmax(ps.float() / temperature, dim=1)
+            lt = F.log_softmax(pt.float() / temperature, dim=1)
+            kl = (lt.exp() * (lt - ls)).mean(dim=(1, 2)).clamp_min(0)  # (B,) mean over K x C
+            total = total + kl[has].sum()
+    return total / max(b, 1)
 
 
 def functional_information(x: Tensor, noise: Tensor, valid: Tensor, eps: float = 1e-8) -> Tensor:
@@ -200,7 +272,10 @@ class RobustSegLoss(nn.Module):
         ce_weight, kd_weight, hpdm_weight, rrm_weight: term weights (defaults 1 / 50 / 100 / 12).
         rrm_inner: inner RRM weight (1e-5).
         temperature: KD temperature; hpdm_temperature: softmax temperature over classes in HPDM.
-        cross_modal_prob: chance that HPDM pairs a student modality with a random teacher modality.
+        cross_modal_prob: chance that HPDM pairs a student modality with a random teacher modality
+            (default 0 for ``hpdm_variant="robustseg"``, 0.5 for ``"hybrid"``).
+        kd_reduction: ``mean`` over classes (public code) or ``sum``.
+        hpdm_variant: ``robustseg`` (public code's PCUMD) or ``hybrid`` (module docstring).
         rrm_samples: noise draws per feature map in RRM.
     """
 
@@ -215,9 +290,11 @@ class RobustSegLoss(nn.Module):
         rrm_inner: float = 1e-5,
         temperature: float = 1.0,
         hpdm_temperature: float = 1.0,
-        cross_modal_prob: float = 0.5,
+        cross_modal_prob: float | None = None,
         rrm_samples: int = 4,
         ignore_index: int = IGNORE_INDEX,
+        kd_reduction: str = "mean",
+        hpdm_variant: str = "robustseg",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -231,6 +308,11 @@ class RobustSegLoss(nn.Module):
         self.cross_modal_prob = cross_modal_prob
         self.rrm_samples = rrm_samples
         self.ignore_index = ignore_index
+        if kd_reduction not in KD_REDUCTIONS or hpdm_variant not in HPDM_VARIANTS:
+            raise ValueError(f"kd_reduction {kd_reduction!r} / hpdm_variant {hpdm_variant!r}: use one of "
+                             f"{KD_REDUCTIONS} / {HPDM_VARIANTS}")
+        self.kd_reduction = kd_reduction
+        self.hpdm_variant = hpdm_variant
 
     def forward(
         self,
@@ -245,7 +327,7 @@ class RobustSegLoss(nn.Module):
         if student.features is None or teacher.features is None:
             raise ValueError("RobustSegLoss needs model(..., return_features=True) for student and teacher")
         ce = masked_cross_entropy(student.logits, target, student.valid, self.ignore_index)
-        kd = logit_kd(student.logits, teacher.logits, self.temperature, student.valid)
+        kd = logit_kd(student.logits, teacher.logits, self.temperature, student.valid, self.kd_reduction)
         hpdm = hpdm_loss(
             student.features,
             teacher.features,
@@ -255,6 +337,7 @@ class RobustSegLoss(nn.Module):
             cross_modal_prob=self.cross_modal_prob,
             temperature=self.hpdm_temperature,
             generator=generator,
+            variant=self.hpdm_variant,
         )
         rrm = self.rrm_inner * rrm_loss(
             student.features,
