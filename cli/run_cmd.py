@@ -34,6 +34,11 @@ def register(app: typer.Typer) -> None:
         collections: str | None = typer.Option(
             None, "--collections", help="Per-modality collections, e.g. s2=sentinel-2-l1c,s1=my-s1:s1-db."
         ),
+        allow_domain_shift: bool = typer.Option(
+            False, "--allow-domain-shift",
+            help="Run scenes of another processing level than the model's card (L1C for L2A, GRD for RTC) with a "
+            "warning instead of exit 35.",
+        ),
         signer: str | None = typer.Option(
             None, "--signer", help="Sign asset hrefs at read time: planetary-computer or module:function."
         ),
@@ -93,7 +98,7 @@ def register(app: typer.Typer) -> None:
             spec = RunSpec(
                 aoi=aoi, start=start, end=end, catalog=catalog, model=model, out=out, address=address,
                 max_actors=max_actors, gpus_per_actor=gpus_per_actor,
-                collections=collections, signer=signer,
+                collections=collections, signer=signer, allow_domain_shift=allow_domain_shift,
                 tile_px=tile_px, halo_px=halo_px, window_px=window_px, batch_size=batch_size, res_m=res, crs=crs,
                 zarr_format=zarr_format, write_probability=probability,
                 executor="sequential" if sequential else executor,

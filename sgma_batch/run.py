@@ -75,6 +75,8 @@ class RunSpec(BaseModel):
     threads: int = Field(1, ge=1)
     read_retries: int = Field(3, ge=0, description="retries of a failed asset read (exponential backoff)")
     read_backoff_s: float = Field(0.5, ge=0, description="first backoff delay; doubles per retry")
+    allow_domain_shift: bool = Field(False, description="run scenes of another processing level than the model "
+                                     "card's (L1C for L2A, GRD for RTC) with a warning instead of exit 35")
     max_area_km2: float | None = Field(None, gt=0, allow_inf_nan=False)
     connect_timeout_s: float = Field(120.0, gt=0, allow_inf_nan=False,
                                      description="how long to wait for the Ray cluster before giving up (exit 5)")
@@ -154,9 +156,11 @@ class _Prepared:
 
 def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Prepared:
     """Search and plan ``spec``; ``on_checked`` is called once the cheap checks (flags, AOI, model card)
-    have passed and before the catalogue is read, so a run can start Ray while the search runs."""
+    and the preflight (:mod:`sgma_batch.preflight`: window, signer, AOI in the catalogue, processing level,
+    one asset per collection) have passed, so no setup error surfaces after Ray or the executor started."""
+    from sgma_batch import preflight
     from sgma_batch.aoi import load_aoi
-    from sgma_batch.colocate import STATIC_MODALITIES, plan_cell
+    from sgma_batch.colocate import STATIC_MODALITIES, plan_cell, rank_scenes
     from sgma_batch.grid import config_hash, plan_tiles, target_geobox, with_neighbour_hashes
     from sgma_batch.search import search_scenes
     from sgma_batch.store import StoreLayout
@@ -177,8 +181,7 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
     else:
         model_path = spec.model
     card = read_card(model_path)
-    if on_checked is not None:
-        on_checked()
+    preflight.check_request(start=spec.start, end=spec.end, signer=spec.signer)
     if spec.catalog is None:
         catalog, start, end = _demo_catalog(spec)
     else:
@@ -193,11 +196,12 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
         raise ModalityMismatchError(f"the catalogue offers none of the model's modalities {modalities}")
     dated = [m for m in scenes if m not in STATIC_MODALITIES] or list(scenes)
     if not any(scenes[m] for m in dated):  # a DEM alone (timeless) does not make a map of this window
-        raise NothingFoundError(
-            f"no scenes of {', '.join(modalities)} over the AOI between {start} and {end} in {catalog}; "
-            "widen the time window or check the catalogue"
-        )
+        raise preflight.explain_empty(catalog, aoi, start, end, modalities, collections=spec.collections,
+                                      demo=spec.catalog is None)
     _check_model_fits(model_path, card, scenes)
+    preflight.check_scenes(scenes, card=card, allow_domain_shift=spec.allow_domain_shift)
+    if on_checked is not None:
+        on_checked()
     from sgma_batch.inputs import check_plan_size, checked_crs
 
     check_plan_size(pixels=aoi.area_km2 * 1e6 / spec.res_m**2, hint="use a coarser --res or a smaller AOI")
@@ -206,9 +210,10 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
                     tiles=-(-geobox.shape.y // spec.tile_px) * -(-geobox.shape.x // spec.tile_px),
                     hint="use a coarser --res, a larger --tile-px or a smaller AOI")
     cfg_hash = config_hash(_output_config(spec, aoi.geometry.wkb))
+    order = rank_scenes(aoi.geometry, scenes, start, end)  # one mosaic order for the whole AOI
     tasks = plan_tiles(
         geobox, aoi.geometry, tile_px=spec.tile_px, halo_px=spec.halo_px,
-        scenes_for=lambda cell: plan_cell(cell.geom, scenes, start, end).candidates,
+        scenes_for=lambda cell: plan_cell(cell.geom, order, start, end, keep_order=True).candidates,
         model_hash=card.model_hash, cfg_hash=cfg_hash,
     )
     if spec.window_px is None:  # halo-tile windows: a tile's borders blend its neighbours' windows

@@ -1,8 +1,9 @@
 """Remote assets under faults: COGs served over HTTP (Range requests) by a real server process, read through
 a seeded fault-injecting proxy process (503s, TCP resets, stalls past the client timeout, truncated bodies).
 
-A flaky archive must give a store bitwise identical to a clean run; a permanently broken asset must give a
-finished job whose tiles are degraded with that modality absent, and the exit code for "partial" (3).
+A flaky archive must give a store bitwise identical to a clean run; a permanently broken asset of one scene
+must give a finished job whose tiles are degraded, naming it, and the exit code for "partial" (3); an asset
+broken in every scene of a collection is a setup error found before any compute (63).
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def test_flaky_assets_give_a_bitwise_identical_store(archive, checkpoint, clean_
 
 
 def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, checkpoint, tmp_path):
-    # Both S1 scenes' VV assets are broken for good: S1 is absent on every tile; the DEM still maps it.
+    # One S1 scene's VV asset is gone for good (404): the tiles that rank it first read it once (a 404 is not
+    # retried), skip it and take S1 from the other scene; they are degraded, naming it, and the job exits 3.
     # In-process executor (the per-tile read/degrade code is the one Ray workers run; Ray is covered above).
     with asset_server(archive.parent, tmp_path) as assets, \
-            chaos_proxy(assets, rate=0.0, broken=["_vv.tif"], kinds=("404",), workdir=tmp_path) as proxy:
+            chaos_proxy(assets, rate=0.0, broken=["s1-b_vv.tif"], kinds=("404",), workdir=tmp_path) as proxy:
         catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
         out = tmp_path / "broken.zarr"
         r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
@@ -85,20 +87,35 @@ def test_permanently_broken_asset_degrades_tiles_and_exits_partial(archive, chec
     assert r.returncode == 3, r.stderr[-3000:]  # partial
     summary = json.loads(r.stdout)
     assert summary["degraded"] == summary["tiles"] > 0 and summary["failed"] == 0
-    assert sum(stats["faults"].values()) > 0
+    assert 0 < stats["faults"]["404"] <= 2 * summary["tiles"], stats  # once per tile, not 1 + 3 retries
     records = rh.manifest(out)
     assert len(records) == summary["tiles"]
     for rec in records.values():
         assert rec.status == "degraded"
-        assert rec.modalities == ("dem",) and "s1" not in rec.scenes_used
-        assert {"s1/s1-a", "s1/s1-b"} <= set(rec.errors), rec.errors
+        assert set(rec.modalities) == {"s1", "dem"} and tuple(rec.scenes_used["s1"]) == ("s1-a",)
+        assert rec.errors["s1/s1-b"].startswith("AssetNotFoundError: HTTP response code: 404"), rec.errors
     arrays = rh.store_arrays(out)
     mapped = arrays["class"] != 255
-    assert mapped.mean() > 0.5  # still a map, from the DEM
-    bits = np.unique(arrays["modality_mask"][mapped])
-    assert bits.tolist() == [0b100]  # only the DEM bit (modalities s2, s1, dem): S1 recorded absent
+    assert mapped.mean() > 0.5
     r = rh.cli("status", str(out), "--json")
     assert r.returncode == 3 and json.loads(r.stdout)["degraded"] == summary["tiles"]
+
+
+def test_an_asset_broken_in_every_scene_is_a_setup_error_before_any_compute(archive, checkpoint, tmp_path):
+    # Both S1 scenes' VV assets answer 404: the preflight's probe finds it before any tile is read (exit 63,
+    # one line), where it used to be a finished job with S1 absent everywhere and exit 3.
+    with asset_server(archive.parent, tmp_path) as assets, \
+            chaos_proxy(assets, rate=0.0, broken=["_vv.tif"], kinds=("404",), workdir=tmp_path) as proxy:
+        catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
+        out = tmp_path / "broken.zarr"
+        r = rh.cli("run", "--aoi", _bbox(), *WINDOW, "--catalog", str(catalog), "--model", str(checkpoint),
+                   "--tile-px", "256", "--halo-px", "16", "--out", str(out), "--sequential", "--json")
+        stats = proxy.stats()
+    assert r.returncode == 63, r.stderr[-3000:]
+    assert r.stdout == "" and not out.exists()
+    line = rh.one_line_error(r.stderr)
+    assert "s1 (sentinel-1-rtc), 2 of 2 probed scene(s)" in line and "404" in line, line
+    assert stats["faults"]["404"] <= 4, stats  # one probe per scene
 
 
 def test_an_outage_longer_than_gdals_own_retries_is_hidden_by_ours(archive, checkpoint, clean_store, tmp_path):

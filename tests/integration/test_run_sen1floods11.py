@@ -125,7 +125,8 @@ def test_sen1floods11_chip_is_searched_warped_and_mapped(checkpoint, tmp_path):
     out = tmp_path / "murcia.zarr"
     spec = RunSpec(aoi=aoi, out=str(out), start="2019-09-10", end="2019-09-25", catalog=str(catalog),
                    model=str(checkpoint), collections=COLLECTIONS, tile_px=256, halo_px=32, window_px=128,
-                   overlap_px=32, executor="sequential", write_probability=True)
+                   overlap_px=32, executor="sequential", write_probability=True,
+                   allow_domain_shift=True)  # L1C into an L2A model: exit 35 unless allowed (issue 18)
     summary = run_mosaic(spec)
     assert summary.scenes == {"s2": 1, "s1": 1} and summary.failed == 0 and summary.degraded == 0
     assert summary.computed >= 1 and summary.computed + summary.nodata == summary.tiles >= 4
