@@ -428,7 +428,7 @@ def _write_chips(writer: Any, modalities: Sequence[ModalityFiles], ids: Sequence
                  label_nodata: float | None, resolution: float | None, chip_px: int, mode: str,
                  file_splits: np.ndarray | None, test_quadrant: int, val_quadrant: int | None, guard_px: int,
                  chips_meta: list[dict[str, Any]]) -> Path:
-    from sgma_batch.chips import ChipSample, chip_windows
+    from sgma_batch.chips import ChipSample, chip_windows, constant_modality
 
     names = [m.name for m in modalities]
     report = ImportReport(present={n: 0 for n in names})
@@ -446,6 +446,10 @@ def _write_chips(writer: Any, modalities: Sequence[ModalityFiles], ids: Sequence
                 arrays[m.name], masks[m.name], present[m.name] = np.zeros((c, h, w), np.float32), np.zeros((h, w), bool), False
                 continue
             x, valid, bnames, raster = read_modality_file(m, path)
+            if constant_modality(x, valid):
+                log.warning("%s: every valid pixel has the same value (zero-filled?): %s stored as absent", path, m)
+                valid = np.zeros_like(valid)
+                x = np.zeros_like(x)
             if bnames != band_names[m.name]:
                 raise ChipStoreError(f"{path}: bands {list(bnames)} differ from the first {m.name} file's "
                                      f"{list(band_names[m.name])}")

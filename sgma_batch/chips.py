@@ -119,6 +119,25 @@ def chip_windows(
     return out
 
 
+# -- what counts as a present modality --------------------------------------------------------------
+def constant_modality(data: np.ndarray, valid: np.ndarray, *, rtol: float = 1e-6) -> bool:
+    """True when a modality's valid pixels carry no signal: every band is constant over them (e.g. a
+    zero-filled optical scene marked valid, or a fill value without a nodata tag). Such a modality is
+    treated as absent, by inference (``execute.read_tile``) and by the file importer: the model would
+    otherwise take the constant for data (zero-filled S2 made a flood model collapse, issue 20).
+
+    Args:
+        data: (C, H, W) physical values; valid: (H, W) bool. Fewer than 2 valid pixels: False (nothing to judge).
+    """
+    if int(valid.sum()) < 2:
+        return False
+    v = np.asarray(data)[:, valid]  # (C, n)
+    if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+        return False
+    lo, hi = v.min(axis=1).astype(np.float64), v.max(axis=1).astype(np.float64)
+    return bool(np.all(hi - lo <= rtol * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))))
+
+
 # -- statistics -------------------------------------------------------------------------------------
 @dataclass
 class BandStats:

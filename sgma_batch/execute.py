@@ -114,6 +114,7 @@ def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
     ``card`` is the model card or its :class:`Normalisation` (anything with ``modality_names`` and
     ``normalise``).
     """
+    from sgma_batch.chips import constant_modality
     from sgma_batch.read import read_modality_report
     from sgma_batch.sensors import get_profile
 
@@ -135,6 +136,9 @@ def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
             continue
         errors.update({f"{m}/{sid}": msg for sid, msg in res.errors.items()})
         if not res.valid.any():
+            continue
+        if constant_modality(res.data, res.valid):  # zero-filled / fill value: absent, not data (issue 20)
+            log.warning("tile %s: modality %s is constant over its valid pixels: treated as absent", task.tile_id, m)
             continue
         x = card.normalise(m, res.data)  # (C, H, W)
         x[:, ~res.valid] = 0.0

@@ -184,3 +184,32 @@ def test_cli_sar_only_import_and_clean_errors(sar_dir, tmp_path):
     assert "s1 in 64" in p.stdout
     p = run("--files", "s1", "--label-files", "x", "--out", str(tmp_path / "d.zarr"))
     assert p.returncode == 51 and "MODALITY=VALUE" in p.stderr
+
+
+def test_constant_modality_is_absent(real, tmp_path):
+    from sgma_batch.chips import constant_modality
+
+    s1 = np.nan_to_num(real["s1"][:, :64, :64])
+    ok = np.ones((64, 64), bool)
+    assert not constant_modality(s1, ok)
+    assert constant_modality(np.zeros((10, 64, 64), np.float32), ok)  # zero-filled optical marked valid
+    assert constant_modality(np.full((2, 64, 64), -9999.0, np.float32), ok)  # fill value without a nodata tag
+    one = np.zeros((64, 64), bool)
+    one[3, 3] = True
+    assert not constant_modality(s1, one)  # one pixel: nothing to judge
+    varied = s1.copy()
+    varied[0] = 7.0  # one band constant, the other not: data
+    assert not constant_modality(varied, ok)
+    # the importer stores a constant file as absent
+    root = tmp_path / "c"
+    for d in ("s1", "lab"):
+        (root / d).mkdir(parents=True)
+    for q, (r, c) in enumerate(QUADS[:3]):
+        data = real["s1"] if q else np.zeros_like(real["s1"])
+        _write_geotiff(root / "s1" / f"k{q}.tif", data, {**real["p1"], "nodata": None}, r, c)
+        _write_geotiff(root / "lab" / f"k{q}.tif", real["label"][None], real["pl"], r, c, nodata=-1)
+    store = chips.ChipStore(import_chip_files([ModalityFiles("s1", str(root / "s1"))], str(root / "lab"),
+                                              tmp_path / "c.zarr", label_map="0:dry,1:water"))
+    # k0's only modality is constant: the chip holds nothing and is skipped, the others are imported
+    assert store.attrs["source"]["skipped"] == ["k0"]
+    assert [c["id"] for c in store.attrs["source"]["chips"]] == ["k1", "k2"] and store.present().all()
