@@ -56,7 +56,7 @@ def _root(
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from sgma_batch.redact import install_log_redaction  # light: no heavy imports
 
-    install_log_redaction()  # tokens, userinfo and credential headers never reach a log line
+    install_log_redaction(tracebacks=debug)  # no token, password or (without --debug) traceback in a log line
 
 
 for _name in COMMAND_MODULES:

@@ -69,15 +69,28 @@ def redact_obj(value: Any) -> Any:
 
 
 class RedactFilter(logging.Filter):
-    """A handler filter that redacts every record (message, arguments and exception text)."""
+    """A handler filter that redacts every record (message, arguments and exception text).
+
+    ``tracebacks=False`` (the CLI without ``--debug``) shortens a record's exception to one line appended
+    to its message, so a logged failure never prints a traceback unasked.
+    """
+
+    def __init__(self, *, tracebacks: bool = True) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a record whose args do not format: leave it to logging
             return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not self.tracebacks:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            message = f"{message} ({type(exc).__name__}{': ' + first if first else ''}; --debug shows the traceback)"
+            record.exc_info, record.exc_text = None, None
         cleaned = redact(message)
-        if cleaned != message:
+        if cleaned != record.msg or record.args:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             import traceback
@@ -87,8 +100,8 @@ class RedactFilter(logging.Filter):
         return True
 
 
-def install_log_redaction(logger: logging.Logger | None = None) -> None:
+def install_log_redaction(logger: logging.Logger | None = None, *, tracebacks: bool = True) -> None:
     """Add :class:`RedactFilter` to every handler of ``logger`` (the root logger by default), once."""
     for handler in (logger or logging.getLogger()).handlers:
         if not any(isinstance(f, RedactFilter) for f in handler.filters):
-            handler.addFilter(RedactFilter())
+            handler.addFilter(RedactFilter(tracebacks=tracebacks))

@@ -260,15 +260,17 @@ def _store_exists(out: str) -> bool:
     from contextlib import ExitStack
 
     from sgma_batch.redact import redact_obj
-    from sgma_batch.safety import check_output_target, probe_ray_address, run_lock
+    from sgma_batch.safety import as_store_error, check_output_target, discard_new_store, is_new_target, probe_ray_address, run_lock
 
     t0 = time.perf_counter()
     session: _RaySession | None = None
     executor = resolve_executor(spec)
     check_output_target(spec.out, kind="mosaic")  # never write into '.', '~', a file or a foreign folder
+    fresh, finished, locked = is_new_target(spec.out), False, False  # a failed first run removes its new store
     if executor == "ray" and not _ray_connected():
         probe_ray_address(spec.address)  # a dead host:port fails in seconds, not after ray.init's retries
     locks = ExitStack()
+    creating = None
     on_main = threading.current_thread() is threading.main_thread()
     # SIGTERM (a pod stopped, `timeout`) exits through the finally blocks: threads stopped, actors killed, Ray
     # shut down; the committed tiles stay (the CLI exits 143)
@@ -295,6 +297,7 @@ def _store_exists(out: str) -> bool:
         if session is not None:
             session.wait(spec.connect_timeout_s)  # the cluster is usable before the store is touched
         locks.enter_context(run_lock(spec.out, note="sgma-batch run", break_lock=spec.break_lock, force=spec.force))
+        locked = True
         creating = None
         if executor == "local" and not _store_exists(spec.out):
             # a new store has nothing to reuse: create it while the first tiles are read and forwarded
@@ -347,11 +350,17 @@ def _store_exists(out: str) -> bool:
         if session is not None:
             session.close(wait=False)  # the actors are gone: Ray shuts down while the store is finished
         finish_store(spec.out, layout, footprint=_lonlat(aoi.geometry))
+        finished = True
     except SystemExit as exc:
         if _SIGTERM_RECEIVED.is_set() and not isinstance(exc, Terminated):
             raise Terminated from None  # raised inside Ray's wait: still a SIGTERM (exit 143, not 1)
         raise
+    except OSError as exc:  # a full, read-only or vanishing file system: one line (41), not a traceback
+        raise as_store_error(exc, spec.out) from None
     finally:
+        if not finished and fresh and locked:  # the lock was ours, so the new store is
+            _settle(creating)
+            discard_new_store(spec.out)
         locks.close()
         if session is not None:
             session.close()
@@ -545,6 +554,14 @@ def _lonlat(geometry: Any) -> Any:
     from odc.geo import geom
 
     return geom.Geometry(geometry, "EPSG:4326")
+
+
+def _settle(future: Any) -> None:
+    """Wait (bounded) for a background store creation to stop, whatever it raised."""
+    if future is not None:
+        from concurrent.futures import wait
+
+        wait([future], timeout=60)
 
 
 def _has_work(out: str, layout: Any, tasks: list[Any]) -> bool:

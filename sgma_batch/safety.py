@@ -15,6 +15,7 @@ No heavy imports: the CLI calls these before it loads zarr, xarray or Ray.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -106,6 +107,17 @@ def check_output_target(path: str | Path, *, kind: StoreKind, replace: bool = Fa
     text = str(path)
     if not text.strip():
         raise UnsafeOutputError(f"{flag} is empty; give a new folder name such as {flag} map.zarr")
+    if "://" in text:
+        from sgma_batch.errors import UsageError
+        from sgma_batch.storage import location
+
+        try:
+            loc = location(text)
+        except ValueError as exc:  # ftp://, a typo: never taken for a folder named "ftp:"
+            raise UsageError(f"{flag} {exc}") from None
+        if isinstance(loc, str):
+            return _check_url_target(loc, kind=kind, replace=replace, flag=flag)  # type: ignore[return-value]
+        text = str(loc)  # file:///abs/path
     if "://" in text and not text.startswith("file://"):
         _check_object_target(text, kind=kind, replace=replace, flag=flag)
         return text  # type: ignore[return-value]
@@ -165,6 +177,44 @@ def _check_object_target(url: str, *, kind: StoreKind, replace: bool, flag: str)
                             "it: give a new prefix or remove it yourself")
 
 
+def _check_url_target(text: str, *, kind: StoreKind, replace: bool, flag: str) -> str:
+    """:func:`check_output_target` for an object-storage URL: a key under a bucket (not the bucket itself),
+    with nothing under it yet or a store of the same kind (read from its ``zarr.json`` / ``.zattrs``)."""
+    from sgma_batch import storage
+
+    url = text
+    if url.count("/") < 3:
+        raise UnsafeOutputError(f"{flag} {text} names a whole bucket; give a key in it such as {text.rstrip('/')}/map.zarr")
+    if url.split("://", 1)[0] in storage.READ_ONLY_SCHEMES:
+        raise UnsafeOutputError(f"{flag} {text}: http(s) URLs are read-only; write to s3://, gs://, az:// or a path")
+    try:
+        if not storage.has_children(url):
+            return url
+        attrs = None
+        for meta, key in (("zarr.json", "attributes"), (".zattrs", None)):
+            try:
+                doc = json.loads(storage.read_bytes(storage.join(url, meta))[:_MAX_META_BYTES])
+            except (FileNotFoundError, ValueError):
+                continue
+            attrs = (doc.get(key, {}) if key else doc) if isinstance(doc, dict) else None
+            break
+    except OSError as exc:
+        from sgma_batch.errors import StoreUnwritableError
+
+        raise StoreUnwritableError(f"{flag} {text} cannot be listed ({exc.strerror}); check the URL, "
+                                   "the bucket and the AWS_*/GOOGLE_*/AZURE_* environment") from None
+    found: StoreKind | None = None
+    if isinstance(attrs, dict):
+        found = "mosaic" if "sgma:grid" in attrs else "chips" if attrs.get("format") == _CHIP_FORMAT else None
+    if found == kind:
+        return url
+    what = f"a {_KIND_WORDS[found]}" if found else "objects sgma-batch did not write"
+    action = "replace" if replace else "write into"
+    raise UnsafeOutputError(
+        f"{flag} {text} holds {what}; sgma-batch will not {action} it: give a new key or remove it yourself"
+    )
+
+
 # -- the run lock ----------------------------------------------------------------------------------------
 def _held_by_us(holder: object) -> bool:
     return getattr(holder, "pid", None) == os.getpid() and getattr(holder, "host", None) == socket.gethostname()
@@ -206,9 +256,7 @@ def run_lock(store: str | Path, *, note: str = "", break_lock: bool = False, for
     if holder is not None and _held_by_us(holder):
         yield
         return
-    if holder is not None and break_lock:
-        check_break(store, holder, force=force)
-    acquire_lock(store, note=note, break_lock=break_lock and holder is not None)
+    acquire_lock(store, note=note, break_lock=break_lock and holder is not None, force=force)
     try:
         yield
     finally:
@@ -260,3 +308,61 @@ def probe_ray_address(address: str | None, *, timeout_s: float = PROBE_TIMEOUT_S
             f"Ray cluster at {redact(given)} ({source}) does not answer: {reason}; start the cluster or fix "
             f"{source}"
         ) from None
+
+
+# -- file-system faults while a store is written -------------------------------------------------------------
+#: errno values that mean "the output location cannot take this write" rather than a bug.
+FS_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT,
+                       errno.ENOTDIR, errno.EIO})
+
+
+def is_new_target(path: str | Path) -> bool:
+    """True when ``path`` is a local path that does not exist or is an empty folder (a run creates it)."""
+    text = str(path)
+    if "://" in text:
+        return False
+    p = Path(text).expanduser()
+    try:
+        return not p.exists() or (p.is_dir() and not p.is_symlink() and not any(p.iterdir()))
+    except OSError:
+        return False
+
+
+def as_store_error(exc: OSError, path: str | Path) -> OSError:
+    """A file-system error while writing the store at ``path`` as a one-line StoreUnwritableError (41);
+    other errors (and sgma-batch's own) unchanged."""
+    from sgma_batch.errors import SgmaError, StoreUnwritableError
+
+    if isinstance(exc, SgmaError) or exc.errno not in FS_ERRNOS:
+        return exc
+    what = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is exhausted",
+            errno.EROFS: "the file system is read-only", errno.ENOENT: "a folder of it disappeared while writing",
+            errno.ENOTDIR: "a folder of it was replaced by a file while writing",
+            errno.EIO: "the file system reported an I/O error"}.get(exc.errno, exc.strerror or "permission denied")
+    return StoreUnwritableError(
+        f"cannot write the store {path}: {what} ({os.strerror(exc.errno)}); committed tiles are kept: free "
+        "space or fix permissions, then rerun the same command")
+
+
+def discard_new_store(path: str | Path) -> bool:
+    """Remove a store this run created when no tile of it was committed (a failed or stopped first run
+    leaves no half-written template). Only a folder that is an sgma-batch mosaic or holds nothing but what
+    a store creation writes is removed; returns whether it was."""
+    import shutil
+
+    p = Path(str(path)).expanduser()
+    if not p.is_dir() or p.is_symlink() or os.path.ismount(p):
+        return False
+    manifest = p / "manifest"
+    try:
+        if manifest.is_dir() and any(f.suffix == ".json" for f in manifest.iterdir()):
+            return False  # committed tiles: a rerun resumes them
+        names = {f.name for f in p.iterdir()}
+    except OSError:
+        return False
+    if store_kind(p) != "mosaic" and not names <= {"zarr.json", ".zgroup", ".zattrs", ".zmetadata", "manifest"} | {
+            "class", "confidence", "modality_mask", "robustness", "probability", "x", "y", "spatial_ref"}:
+        return False
+    shutil.rmtree(p, ignore_errors=True)
+    log.info("removed %s: created by this run, no tile committed", p)
+    return True
