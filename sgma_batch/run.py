@@ -235,11 +235,6 @@ def _check_model_fits(model_path: str, card: Any, scenes: dict[str, list[Any]]) 
     check_inputs(card, {m: get_profile(v[0].sensor).bands for m, v in scenes.items() if v})
 
 
-def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary:
-    """Map an AOI into the Zarr store ``spec.out``; resumes and updates incrementally.
-
-    Raises:
-        NothingFoundError: no scene of any model modality over the AOI and window.
 def _store_exists(out: str) -> bool:
     """Anything at ``out`` already (a path, or keys under an object-storage URL)."""
     from sgma_batch.storage import exists, user_location
@@ -247,6 +242,11 @@ def _store_exists(out: str) -> bool:
     return exists(user_location(out))
 
 
+def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary:
+    """Map an AOI into the Zarr store ``spec.out``; resumes and updates incrementally.
+
+    Raises:
+        NothingFoundError: no scene of any model modality over the AOI and window.
         StoreIncompatibleError: ``spec.out`` holds a store with another grid, tiling or classes.
     """
     from datetime import datetime
