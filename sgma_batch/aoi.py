@@ -79,6 +79,13 @@ def utm_epsg_for(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + _zone_number(lon)
 
 
+def utm_epsg_of(geometry: BaseGeometry) -> int:
+    """The one UTM rule of sgma-batch: the zone of the centroid of a lon/lat geometry, taken on its continuous
+    form, so an AOI split at the antimeridian gets zone 60 or 1 (its own), not the zone of lon 0 (31)."""
+    centroid = _continuous(geometry).centroid
+    return utm_epsg_for(centroid.x, centroid.y)
+
+
 def _zone_number(lon: float) -> int:
     """UTM zone number of a longitude in any 360° frame (181° is zone 1)."""
     return math.floor(((lon + 180.0) % 360.0) / 6.0) % 60 + 1

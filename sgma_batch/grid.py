@@ -19,6 +19,7 @@ from typing import Any
 from odc.geo import geom
 from odc.geo.geobox import GeoBox, GeoboxTiles
 
+from sgma_batch.aoi import utm_epsg_for, utm_epsg_of  # one UTM rule (utm_epsg_for re-exported here)
 from sgma_batch.errors import UsageError
 from sgma_batch.scenes import Scene
 
@@ -48,19 +49,14 @@ def morton_key(row: int, col: int) -> int:
     return key
 
 
-def utm_epsg_for(lon: float, lat: float) -> int:
-    """EPSG code of the WGS84 UTM zone that holds (lon, lat)."""
-    zone = int((lon + 180.0) // 6.0) % 60 + 1
-    return (32600 if lat >= 0 else 32700) + zone
-
-
 def target_geobox(aoi_geometry: Any, *, res_m: float = 10.0, crs: str | int | None = None) -> GeoBox:
     """The output grid that covers an AOI.
 
     Args:
         aoi_geometry: shapely geometry (or GeoJSON mapping) in CRS84.
         res_m: pixel size in the target CRS's units.
-        crs: target CRS; default the UTM zone of the AOI centroid.
+        crs: target CRS; default the UTM zone of the AOI centroid (:func:`sgma_batch.aoi.utm_epsg_of`: an AOI
+            split at the antimeridian gets its own zone).
 
     Returns:
         A north-up GeoBox whose edges are whole multiples of ``res_m`` (so reruns and neighbouring
@@ -70,8 +66,7 @@ def target_geobox(aoi_geometry: Any, *, res_m: float = 10.0, crs: str | int | No
         raise UsageError(f"resolution must be positive, got {res_m}; pass --res in metres, e.g. 10")
     aoi = geom.Geometry(aoi_geometry, "EPSG:4326")
     if crs is None:
-        c = aoi.centroid
-        crs = f"EPSG:{utm_epsg_for(c.coords[0][0], c.coords[0][1])}"
+        crs = f"EPSG:{utm_epsg_of(aoi.geom)}"
     elif isinstance(crs, int):
         crs = f"EPSG:{crs}"
     projected = aoi.to_crs(crs)
