@@ -141,8 +141,8 @@ def test_finish_v2_opens_in_gdal_with_crs(tmp_path):
         np.testing.assert_array_equal(src.read(1), expected)
         assert src.nodata == 255
     assert item["properties"]["proj:code"] == "EPSG:32633"
-    assert [c["name"] for c in item["properties"]["classification:classes"]] == ["water", "trees", "crops"]
-    assert json.loads((path / "item.json").read_text())["id"] == "m.zarr"
+    assert [c["name"] for c in item["assets"]["class"]["classification:classes"]] == ["water", "trees", "crops", "nodata"]
+    assert json.loads((path / "item.json").read_text())["id"].startswith("sgma-")  # not the folder name
     # overviews: factor 2 and 4 for a 200 px wide grid with 32 px chunks
     ov = open_mosaic(path, group="overviews/2")
     np.testing.assert_array_equal(ov["class"].values, expected[1::2, 1::2])
