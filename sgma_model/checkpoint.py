@@ -252,6 +252,7 @@ def _modality(m: ModalityInfo | Mapping[str, Any]) -> ModalityInfo:
 
 #: Bounds on a card's values, checked before any model is built from it (a card is user input).
 MAX_CARD_DEPTH = 32
+MAX_CARD_BYTES = 16 << 20
 MAX_CLASSES = 1024
 MAX_BANDS = 256
 MAX_INT_ARGUMENT = 1 << 16
@@ -416,10 +417,15 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
         raise CheckpointError(
             f"no {CARD_FILE} at {path}; give a checkpoint directory written by save_checkpoint"
         )
+    elif card_path.stat().st_size > MAX_CARD_BYTES:  # a card is kilobytes: refuse before reading it whole
+        raise CheckpointError(f"{card_path} is {card_path.stat().st_size:,} bytes, above the {MAX_CARD_BYTES:,}-byte "
+                              "bound of a model card; re-save the checkpoint")
     try:
         data = json.loads(raw.decode("utf-8") if isinstance(card_path, str) else card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {card_path}: {exc}; re-save the checkpoint") from None
+    except RecursionError:  # nesting past the parser's limit
+        raise CheckpointError(f"{card_path} is nested too deeply to be a model card; re-save the checkpoint") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{card_path} is not a JSON object; re-save the checkpoint")
     return ModelCard.from_dict(data)

@@ -167,7 +167,7 @@ class TileRecord:
         :class:`~sgma_batch.errors.StoreCorruptError`."""
         try:
             d = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's recursion limit
             raise StoreCorruptError(f"{source} is not JSON; delete it to recompute that tile") from None
         if not isinstance(d, dict):
             raise StoreCorruptError(f"{source} is not a tile record (a JSON {type(d).__name__}); "
