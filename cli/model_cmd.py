@@ -26,10 +26,18 @@ def info(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory (model.safetensors + card.json): a "
                                                 "path or an s3:// gs:// az:// https:// URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole model card as JSON.")] = False,
+    stac: Annotated[bool, typer.Option(
+        "--stac", help="Print a STAC Item with the Machine Learning Model extension (inputs, bands, normalisation, "
+                       "classes, framework, weights sha256) for catalogues.")] = False,
 ) -> None:
     """Show a checkpoint's model card: architecture, modalities and bands, classes, metrics."""
     from sgma_model.checkpoint import read_card
 
+    if stac:
+        from sgma_model.stac import mlm_item
+
+        typer.echo(json.dumps(mlm_item(checkpoint), indent=2))
+        return
     card = read_card(checkpoint)
     if as_json:
         typer.echo(json.dumps(card.to_dict(), indent=2))
