@@ -150,6 +150,13 @@ def register(app: typer.Typer) -> None:
         labels: str | None = typer.Option(
             None, "--labels", help="Label raster (class ids, 255 = none): add per-class agreement with it."
         ),
+        label_nodata: float | None = typer.Option(
+            None, "--label-nodata", help="Label value meaning 'no label' (default: the raster's nodata tag, else 255)."
+        ),
+        label_map: str | None = typer.Option(
+            None, "--label-map", help="Label value -> store class name, e.g. '0:dry,1:water,-1:nodata' (nodata = not "
+            "scored; names the store lacks count as 'other')."
+        ),
     ) -> None:
         """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
         from sgma_batch.agreement import label_agreement
@@ -159,7 +166,7 @@ def register(app: typer.Typer) -> None:
         if not (Path(store) / "manifest").is_dir():
             raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")
         counts = manifest_summary(store)
-        agreement = label_agreement(store, labels) if labels else None
+        agreement = label_agreement(store, labels, label_nodata=label_nodata, label_map=label_map) if labels else None
         if as_json:
             extra = {"agreement": agreement} if agreement is not None else {}
             typer.echo(json.dumps({"store": store, "tiles": sum(counts.values()), **counts, **extra}))
