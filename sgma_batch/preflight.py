@@ -14,6 +14,8 @@ to do. In run order:
    without range support (65), an unknown or unreachable host (66), a file whose band does not exist or
    that is in radar geometry (23), and values against the profile's units (67: dB read as linear, linear
    read as dB, reflectance already scaled).
+4. :func:`setup_error_from_records` (after the run): a permanent asset error that took a modality from every
+   tile that planned it is reported with its own code (63-66), not as a partial result (3).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from sgma_batch.scenes import Scene
 log = logging.getLogger(__name__)
 
 __all__ = ["PROBE_SCENES", "check_domain", "check_request", "check_scenes", "check_units", "explain_empty",
-           "probe_assets"]
+           "probe_assets", "setup_error_from_records"]
 
 #: Scenes probed per modality when the first probed asset fails for good (the rest may still be fine).
 PROBE_SCENES = 3
@@ -212,7 +214,7 @@ def _probe_scene(scene: Scene) -> dict[str, np.ndarray]:
 
     from sgma_batch.read import _gdal_path, permanent_error
     from sgma_batch.sensors import get_profile
-    from sgma_batch.stac_io import resolve_href
+    from sgma_batch.stac_io import redact_urls, resolve_href
 
     profile = get_profile(scene.sensor)
     windows: dict[str, np.ndarray] = {}
@@ -237,8 +239,6 @@ def _probe_scene(scene: Scene) -> dict[str, np.ndarray]:
                         f"asset {asset.href} has {src.count} band(s), the item puts {band!r} in band "
                         f"{asset.index}; fix the item's eo:bands (or bands)"
                     )
-                if src.count > 1 and asset.index == 1 and not _names_band(scene, band):
-                    log.info("asset %s holds %d bands; reading band 1 as %s", asset.href, src.count, band)
                 h, w = min(src.height, PROBE_WINDOW_PX), min(src.width, PROBE_WINDOW_PX)
                 win = Window((src.width - w) // 2, (src.height - h) // 2, w, h)
                 a = src.read(asset.index, window=win).astype(np.float32)
@@ -252,17 +252,12 @@ def _probe_scene(scene: Scene) -> dict[str, np.ndarray]:
                 permanent = AssetHostUnreachableError(
                     f"{str(exc).strip().splitlines()[0]}: nothing listens there; check the asset URLs and "
                     "that the server is up")
-            if permanent is not None:
-                raise type(permanent)(f"{asset.href}: {permanent}") from None
+            if permanent is not None:  # the unsigned href, and no query string (a token) from GDAL's text
+                raise type(permanent)(f"{asset.href}: {redact_urls(str(permanent))}") from None
             raise
         if band != profile.bands[0] and len(windows) >= 2:
             break  # two bands are enough to judge the units
     return windows
-
-
-def _names_band(scene: Scene, band: str) -> bool:
-    ref = scene.assets[band]
-    return any(a.key == ref.key and a.index != 1 for a in scene.assets.values())
 
 
 def _permanent_local(href: str) -> PermanentAssetError:
@@ -321,3 +316,36 @@ def check_scenes(scenes: Mapping[str, Sequence[Scene]], *, card: Any = None, all
     if probe:
         check_units(scenes, probe_assets(scenes))
     return warnings
+
+
+# -- 4. after the run: a permanent error that hit every tile is a setup error, not a partial result ------------
+def setup_error_from_records(records: Sequence[Any]) -> PermanentAssetError | None:
+    """The setup error to report when a permanent asset error (404, 403, no range support, unknown host) took
+    a modality away from every tile that planned it, or None (then exit 3 stands for what degraded).
+
+    ``records`` are the run's tile records (``scenes``, ``scenes_used``, ``errors`` per tile). The store keeps
+    the tiles as degraded (nothing is lost); the next run after the fix recomputes them.
+    """
+    from sgma_batch import errors as err
+
+    kinds = {cls.__name__: cls for cls in (err.AssetNotFoundError, err.AssetAccessDeniedError, err.AssetNoRangeError,
+                                           err.AssetHostUnreachableError, err.PermanentAssetError)}
+    modalities = sorted({m for r in records for m, ids in (r.scenes or {}).items() if ids})
+    for mod in modalities:
+        planned = [r for r in records if (r.scenes or {}).get(mod)]
+        first: str | None = None
+        for rec in planned:
+            if (rec.scenes_used or {}).get(mod):
+                break  # this tile read the modality: not every tile lost it
+            msgs = [v for k, v in (rec.errors or {}).items() if k == mod or k.startswith(f"{mod}/")]
+            if not msgs or any(m.split(":", 1)[0] not in kinds for m in msgs):
+                break  # absent for another reason (no valid data, a transient error): data-level
+            first = first or msgs[0]
+        else:
+            if planned and first is not None:
+                name, _, detail = first.partition(": ")
+                return kinds[name](
+                    f"{mod}: every one of the {len(planned)} tiles that needed it failed to read it for good "
+                    f"({detail}); the tiles are kept as degraded: fix the assets, then rerun"
+                )
+    return None

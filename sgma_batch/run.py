@@ -372,6 +372,11 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             f"no valid pixel in any of the {sum(map(len, prep.scenes.values()))} scenes over the AOI (all NaN or "
             f"nodata), so {spec.out} holds only nodata; check the assets' values and nodata, then rerun"
         )
+    from sgma_batch.preflight import setup_error_from_records
+
+    setup_error = setup_error_from_records(records)  # a dead asset in every tile: its own code, not exit 3
+    if setup_error is not None:
+        raise setup_error
     return RunSummary(
         store=str(spec.out), tiles=len(tasks), reused=len(done), computed=counts["computed"],
         degraded=counts["degraded"], failed=counts["failed"], nodata=counts["nodata"],

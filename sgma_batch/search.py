@@ -172,8 +172,13 @@ def select_collections(
             f"{catalog} offers no collection sgma-batch recognises (available: {', '.join(avail) or 'none'}); "
             f"map them with a profile: --collections s2=<id>:s2-l2a,s1=<id>:s1-rtc (or s1-db),dem=<id>:dem-glo30"
         )
+    unpicked = {m: (c, p) for c, p, m in _profiled_not_auto(avail, wanted)}
     for mod in wanted:
-        if mod not in chosen:
+        if mod not in chosen and mod in unpicked:
+            cid, prof = unpicked[mod]
+            log.warning("%s offers %s (profile %s, not picked automatically), so %s will be absent; to use it: "
+                        "--collections %s=%s:%s", catalog, cid, prof, mod, mod, cid, prof)
+        elif mod not in chosen:
             log.info("%s offers no %s collection; that modality will be absent", catalog, mod)
     return chosen
 

@@ -109,7 +109,10 @@ class S1GRDProfile(_S1Base):
         epsg = it.epsg_of(props)
         # A GRD's proj:epsg 4326 and transform only describe its footprint (GCP georeferencing), not a map grid.
         radar = not (epsg is not None and epsg != 4326 and it.transform_of(props) is not None)
-        return {"radar_geometry": radar, "linear": True}
+        # the units its metadata names (raster:bands unit "dB" or "linear"/"power"); linear when none does
+        units = {str(it.raster_band0(a).get("unit", "")).lower() for a in (item.get("assets") or {}).values()
+                 if "data" in (a.get("roles") or ["data"])} - {""}
+        return {"radar_geometry": radar, "linear": not (units and units <= {"db", "decibel", "decibels"})}
 
     def check_map_grid(self, scene: Scene) -> None:
         if scene.extra.get("radar_geometry", True):
@@ -121,5 +124,8 @@ class S1GRDProfile(_S1Base):
             )
 
     def harmonise(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """A map-projected GRD: linear -> dB as RTC, or dB passed through when its metadata says dB."""
         self.check_map_grid(scene)
-        return S1RTCProfile().harmonise(scene, arrays)
+        if scene.extra.get("linear", True):
+            return S1RTCProfile().harmonise(scene, arrays)
+        return S1DbProfile().harmonise(scene, arrays)

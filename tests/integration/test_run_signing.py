@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import run_archive
 from servers import _RangeHandler
 
+from sgma_batch.errors import AssetAccessDeniedError
 from sgma_batch.run import RunSpec, run_mosaic
 from sgma_batch.stac_io import register_signer
 from sgma_batch.store import read_manifest
@@ -103,22 +104,21 @@ def test_hrefs_are_signed_at_read_time_and_never_stored(token_server, checkpoint
             asset["href"] = f"{url}/{asset['href']}"
     remote = run_archive.write_items(tmp_path, items)
 
-    # Unsigned: the server refuses every read, the tiles are degraded (recorded, not done).
+    # Unsigned: the server refuses (403), found by the preflight before any compute: exit 64, no store.
     out = tmp_path / "m.zarr"
-    s0 = run_mosaic(_spec(remote, checkpoint, out))
-    assert s0.exit_code == 3 and s0.degraded == s0.tiles and s0.tiles >= 2
+    with pytest.raises(AssetAccessDeniedError) as e0:
+        run_mosaic(_spec(remote, checkpoint, out))
+    assert e0.value.exit_code == 64 and not out.exists()
     assert seen and not any(ok for _, ok in seen)
 
-    # A signer with an expired token: still refused; the errors name the unsigned href, never a token.
+    # A signer with an expired token: refused as well; the error names the unsigned href, never a token.
     seen.clear()
-    s1 = run_mosaic(_spec(remote, checkpoint, out, signer="test-wrong-token"))
-    assert s1.degraded == s1.tiles and s1.reused == 0
-    rec = next(iter(read_manifest(out).values()))
-    assert any(url in msg for msg in rec.errors.values()), rec.errors
-    assert "expired-token" not in rec.to_json() and "sig=" not in _store_text(out)
-    assert {p for p, _ in seen} and not any(ok for _, ok in seen)
+    with pytest.raises(AssetAccessDeniedError) as e1:
+        run_mosaic(_spec(remote, checkpoint, out, signer="test-wrong-token"))
+    assert url in str(e1.value) and "expired-token" not in str(e1.value) and "sig=" not in str(e1.value)
+    assert {p for p, _ in seen} and not any(ok for _, ok in seen) and not out.exists()
 
-    # The right signer: every request carries the token, every tile is computed (the degraded ones retried).
+    # The right signer: every request carries the token, every tile is computed.
     seen.clear()
     s2 = run_mosaic(_spec(remote, checkpoint, out, signer="test-token"))
     assert s2.exit_code == 0 and s2.computed == s2.tiles and s2.reused == 0
