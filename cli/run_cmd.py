@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
             None, "--gpus-per-actor", help="GPUs per inference actor (default: 1 when the cluster has GPUs, else 0)."
         ),
         tile_px: int = typer.Option(512, "--tile-px", help="Tile core = output chunk size in pixels."),
-        halo_px: int = typer.Option(32, "--halo-px", help="Context read and forwarded around each tile core."),
+        halo_px: int = typer.Option(16, "--halo-px", help="Context read and forwarded around each tile core (px)."),
         window_px: int | None = typer.Option(
             None, "--window-px", help="Sliding windows of this size, blended (default: each halo tile in one forward)."
         ),

@@ -162,14 +162,15 @@ class TileRunner:
     inside the tile (:func:`sgma_batch.blend.blend_windows`); only its core is kept.
     """
 
-    def __init__(self, cfg: InferenceConfig, device: str | None = None) -> None:
+    def __init__(self, cfg: InferenceConfig, device: str | None = None, loaded: tuple[Any, Any] | None = None) -> None:
+        """``loaded``: (model, card) of ``cfg.checkpoint`` already loaded on the CPU (else it is loaded here)."""
         import torch
 
         from sgma_model import load_checkpoint
 
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.card = load_checkpoint(cfg.checkpoint, map_location="cpu")
+        self.model, self.card = loaded or load_checkpoint(cfg.checkpoint, map_location="cpu")
         self.model.eval().to(self.device)
         self.writer = TileWriter(cfg)
 
@@ -493,15 +494,17 @@ def execute_sequential(
     context: Sequence[TileTask] = (),
     on_record: Callable[[TileRecord], None] | None = None,
     order_seed: int | None = None,
+    loaded: tuple[Any, Any] | None = None,
 ) -> list[TileRecord]:
     """Run every tile in this process, one after another (tests, debugging); the same per-tile code as the
-    other executors. ``context``: committed tiles next to ``tasks``, forwarded only for their parts."""
+    other executors. ``context``: committed tiles next to ``tasks``, forwarded only for their parts;
+    ``loaded``: the checkpoint's (model, card) if already loaded."""
     import torch
 
     prev = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        runner = TileRunner(cfg)
+        runner = TileRunner(cfg, loaded=loaded)
         assembler = Assembler(tasks, context)
         records = []
         for task in tile_order([*tasks, *context], order_seed):
@@ -554,18 +557,20 @@ def execute_local(
     device: str | None = None,
     context: Sequence[TileTask] = (),
     before_write: Callable[[], Any] | None = None,
+    loaded: tuple[Any, Any] | None = None,
 ) -> list[TileRecord]:
     """Run the plan in this process: reader threads feed forward threads that share one model.
 
     No Ray: nothing to start, one copy of the model and of the read stack, no object store. GDAL and torch
     release the GIL, so ``workers`` forward threads of ``cfg.threads`` intra-op threads each (default:
     every CPU; one on a GPU) run the model in parallel while ``readers`` threads read ahead (default: one
-    per two forward threads on a CPU, where a read costs a tenth of a forward; more on a GPU, where reads
-    are what the model waits for). At most ``workers x batch + readers`` tiles are read ahead, so memory
+    per forward thread on a CPU, where a tile's read costs about half its forward, so that one slow read
+    does not leave a forward thread waiting; more on a GPU, where reads are what the model waits for). At most ``workers x batch + readers`` tiles are read ahead, so memory
     stays O(tile). Each worker forwards up to ``batch_size`` ready tiles of one :func:`batch_key` at once
     (default 1 on a CPU, sized to the GPU's memory on a GPU); the thread that completes a tile's last
     window writes and commits it. ``context``: committed tiles next to ``tasks``, forwarded for their parts.
-    ``before_write`` is called before each write (it waits for the store, being created meanwhile).
+    ``before_write`` is called before each write (it waits for the store, being created meanwhile);
+    ``loaded``: the checkpoint's (model, card) if already loaded.
 
     A tile's result does not depend on the thread, the batch or the order (one intra-op thread per worker
     on a CPU: bitwise identical to :func:`execute_sequential` and the Ray executor).
@@ -579,10 +584,10 @@ def execute_local(
     if not tasks:
         return []
     limit_malloc_arenas()
-    runner = TileRunner(cfg, device)
+    runner = TileRunner(cfg, device, loaded)
     dev = runner.device.type
     n_workers = workers or local_workers(dev, cfg.threads)
-    n_readers = readers or (max(1, len(os.sched_getaffinity(0)) - 1) if dev == "cuda" else max(1, n_workers // 2))
+    n_readers = readers or (max(1, len(os.sched_getaffinity(0)) - 1) if dev == "cuda" else n_workers)
     batch = batch_size or runner.auto_batch(tasks)
     log.info("local executor: %d forward threads x %d torch threads, %d readers, batch %d, on %s",
              n_workers, cfg.threads, n_readers, batch, runner.device)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -57,7 +58,7 @@ class RunSpec(BaseModel):
         "auto", description="auto: Ray when an address is given, else in this process (threads); "
         "local: in this process; ray: Ray (local if no address); sequential: one thread, for tests")
     tile_px: int = Field(512, ge=16)
-    halo_px: int = Field(32, ge=0)
+    halo_px: int = Field(16, ge=0)
     res_m: float = Field(10.0, gt=0, allow_inf_nan=False)
     crs: str | None = None
     zarr_format: Literal[2, 3] = 3
@@ -152,6 +153,9 @@ class _Prepared:
     cfg_hash: str
     tasks: list[Any]
     layout: Any
+    #: (model, card) loaded in a thread while the catalogue is searched (a Future); the local executors take
+    #: the model from it instead of loading the checkpoint again
+    loaded: Any = None
 
 
 def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Prepared:
@@ -182,6 +186,8 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
         model_path = spec.model
     card = read_card(model_path)
     preflight.check_request(start=spec.start, end=spec.end, signer=spec.signer)
+    # torch's import and the checkpoint load (~2 s) overlap the search and planning
+    loaded = _in_background(_load_model, model_path)
     if spec.catalog is None:
         catalog, start, end = _demo_catalog(spec)
     else:
@@ -198,7 +204,7 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
     if not any(scenes[m] for m in dated):  # a DEM alone (timeless) does not make a map of this window
         raise preflight.explain_empty(catalog, aoi, start, end, modalities, collections=spec.collections,
                                       demo=spec.catalog is None)
-    _check_model_fits(model_path, card, scenes)
+    _check_model_fits(loaded, card, scenes)
     preflight.check_scenes(scenes, card=card, allow_domain_shift=spec.allow_domain_shift)
     if on_checked is not None:
         on_checked()
@@ -222,16 +228,37 @@ def _prepare(spec: RunSpec, on_checked: Callable[[], None] | None = None) -> _Pr
         geobox=geobox, tile_px=spec.tile_px, classes=tuple((c.name, c.color) for c in card.classes),
         modalities=modalities, write_probability=spec.write_probability, zarr_format=spec.zarr_format,
     )
-    return _Prepared(aoi, str(catalog), start, end, model_path, card, scenes, geobox, cfg_hash, tasks, layout)
+    return _Prepared(aoi, str(catalog), start, end, model_path, card, scenes, geobox, cfg_hash, tasks, layout,
+                     loaded)
 
 
-def _check_model_fits(model_path: str, card: Any, scenes: dict[str, list[Any]]) -> None:
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a daemon thread (an early error exit does not wait for it), as a Future."""
+    fut: Future = Future()
+
+    def target() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            fut.set_exception(exc)
+
+    threading.Thread(target=target, name=f"sgma-{fn.__name__.strip('_')}", daemon=True).start()
+    return fut
+
+
+def _load_model(model_path: str) -> tuple[Any, Any]:
+    from sgma_model import load_checkpoint
+
+    return load_checkpoint(model_path, map_location="cpu")
+
+
+def _check_model_fits(loaded: Any, card: Any, scenes: dict[str, list[Any]]) -> None:
     """Refuse a checkpoint before any store is touched: weights that do not match the card (31), or card
-    bands that differ from what the sensors deliver (32)."""
+    bands that differ from what the sensors deliver (32). ``loaded``: the Future of :func:`_load_model`."""
     from sgma_batch.sensors import get_profile
-    from sgma_model import check_inputs, load_checkpoint
+    from sgma_model import check_inputs
 
-    load_checkpoint(model_path, map_location="cpu")
+    loaded.result()  # raises what loading raised
     check_inputs(card, {m: get_profile(v[0].sensor).bands for m, v in scenes.items() if v})
 
 
@@ -332,11 +359,12 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             records: list[TileRecord] = []
         elif executor == "sequential":
             records = execute_sequential(todo, cfg, context=context, on_record=on_record,
-                                         order_seed=spec.task_order_seed)
+                                         order_seed=spec.task_order_seed, loaded=prep.loaded.result())
         elif executor == "local":
             records = execute_local(todo, cfg, context=context, workers=spec.max_actors, batch_size=spec.batch_size,
                                     on_record=on_record, order_seed=spec.task_order_seed,
-                                    before_write=creating.result if creating is not None else None)
+                                    before_write=creating.result if creating is not None else None,
+                                    loaded=prep.loaded.result())
         else:
             if session is None and not _ray_connected():
                 session = _RaySession(spec.address)
@@ -579,9 +607,8 @@ def _has_work(out: str, layout: Any, tasks: list[Any]) -> bool:
 
 
 def _ray_connected() -> bool:
-    import ray
-
-    return ray.is_initialized()
+    ray = sys.modules.get("ray")  # never imported: not connected (importing Ray costs ~1 s of start-up)
+    return ray is not None and ray.is_initialized()
 
 
 #: Set by the SIGTERM handler: Ray's ``ray.wait`` / ``ray.get`` check signals inside their C++ loop and turn
