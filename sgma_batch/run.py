@@ -8,9 +8,11 @@ failed tiles are retried. :func:`plan_run` does everything but the side effects 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -444,18 +446,29 @@ class RunPlan:
 
 
 def _asset_bytes(asset: Any, modality: str, halo: Any) -> int:
-    """Uncompressed bytes of the source window that covers a halo GeoBox (from the asset's grid if known)."""
-    res = abs(asset.transform[0]) if asset.transform else None
-    if res is None or asset.epsg is None or asset.epsg != halo.crs.epsg:
-        # other CRS or unknown grid: assume the target resolution (warped reads cover about as many pixels)
-        px = halo.shape.y * halo.shape.x
+    """Uncompressed bytes of the source window that covers a halo GeoBox (from the asset's grid if known):
+    the halo's area in the asset's CRS over the asset's pixel area, so a 20 m band of a scene in another
+    UTM zone (or in degrees) counts its own pixels, not the target's."""
+    tf = asset.transform
+    if not tf or asset.epsg is None or not tf[0] or not tf[4]:
+        px = halo.shape.y * halo.shape.x  # unknown grid: assume the target's pixels
     else:
-        px = int(halo.extent.area / (res * res))
+        px = int(_area_in(tuple(halo.extent.boundingbox), halo.crs.to_wkt(), int(asset.epsg)) / abs(tf[0] * tf[4]))
     return px * _SAMPLE_BYTES.get(modality, 4)
 
 
-def _measure_model(model_path: str, window_px: int, batch: int, threads: int) -> float:
-    """Pixels per second of one forward of ``batch`` all-modality windows (after one warm-up)."""
+@functools.lru_cache(maxsize=4096)
+def _area_in(bbox: tuple[float, ...], crs_wkt: str, epsg: int) -> float:
+    """Area of a box of ``crs_wkt`` in the units of EPSG:``epsg`` (one reprojection per tile and CRS)."""
+    from odc.geo import geom
+
+    box = geom.box(*bbox, crs_wkt)
+    return box.area if box.crs.epsg == epsg else box.to_crs(f"EPSG:{epsg}").area
+
+
+def _measure_model(model_path: str, window_px: int, batch: int, threads: int, repeats: int = 5) -> float:
+    """Pixels per second of a forward of ``batch`` all-modality windows: the median of ``repeats`` timed
+    forwards after one warm-up (one timed forward varied 195k-713k px/s between plans on a shared machine)."""
     import torch
 
     from sgma_model import load_checkpoint
@@ -467,12 +480,14 @@ def _measure_model(model_path: str, window_px: int, batch: int, threads: int) ->
         model.eval()
         g = torch.Generator().manual_seed(0)
         xs = {m: torch.randn(batch, n, window_px, window_px, generator=g) for m, n in card.band_counts().items()}
+        times = []
         with torch.inference_mode():
             model(xs)
-            t0 = time.perf_counter()
-            model(xs)
-            dt = time.perf_counter() - t0
-        return batch * window_px * window_px / max(dt, 1e-9)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(xs)
+                times.append(time.perf_counter() - t0)
+        return batch * window_px * window_px / max(statistics.median(times), 1e-9)
     finally:
         torch.set_num_threads(prev)
 

@@ -1,0 +1,37 @@
+"""Plan byte estimates count each asset's own pixels (issue 18 item 6): a 20 m band in another UTM zone or a
+scene in degrees is not counted as if it had the target's 10 m pixels."""
+
+from __future__ import annotations
+
+import pytest
+from affine import Affine
+from odc.geo.geobox import GeoBox
+
+from sgma_batch.run import _asset_bytes
+from sgma_batch.scenes import AssetRef
+
+HALO = GeoBox((100, 100), Affine(10, 0, 500000, 0, -10, 5000000), "EPSG:32633")  # 1 km2 at 10 m
+
+
+def _ref(epsg: int | None, res: float | None) -> AssetRef:
+    return AssetRef("x.tif", "b", "k", epsg=epsg, transform=(res, 0, 0, 0, -res, 0) if res else None)
+
+
+def test_same_crs_counts_the_native_pixels():
+    assert _asset_bytes(_ref(32633, 10), "s2", HALO) == 10_000 * 2
+    assert _asset_bytes(_ref(32633, 20), "s2", HALO) == 2_500 * 2
+
+
+def test_another_utm_zone_counts_its_20m_pixels_not_the_targets():
+    n = _asset_bytes(_ref(32634, 20), "s2", HALO) / 2
+    assert n == pytest.approx(2_500, rel=0.02)  # was 10,000: the target's pixels
+
+
+def test_degrees_count_their_pixels():
+    # ~10 m by ~7 m pixels at 45 N: about 14,000 pixels per km2, float32
+    n = _asset_bytes(_ref(4326, 8.983e-05), "s1", HALO) / 4
+    assert 13_000 < n < 15_500
+
+
+def test_unknown_grid_assumes_the_target_pixels():
+    assert _asset_bytes(_ref(None, None), "dem", HALO) == 10_000 * 4
