@@ -115,7 +115,7 @@ def test_metrics_are_a_no_op_without_ray_and_never_import_it() -> None:
         "'timing': {'read_s': 0.1, 'infer_s': 0.2}}, 1e-4); "
         "assert 'ray' not in sys.modules, 'imported ray'; assert metrics._metrics is None; print('ok')"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
@@ -140,5 +140,5 @@ print("ok")
     tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray_deploy_metrics"
     tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp)], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

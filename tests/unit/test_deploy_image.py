@@ -1,9 +1,13 @@
-"""The container images, checked offline with Docker's own Dockerfile parser (``dockerfile`` package)."""
+"""The container images, checked offline with Docker's own Dockerfile parser (``dockerfile`` package), the
+pinned dependency list against the environment the tests run in, and the GPU smoke test."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import dockerfile
@@ -11,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-IMAGES = {"Dockerfile": "rayproject/ray:2.60.0-py311-gpu", "Dockerfile.cpu": "rayproject/ray:2.60.0-py311-cpu"}
+IMAGES = {"Dockerfile": "rayproject/ray:2.60.0-py311-cu128", "Dockerfile.cpu": "rayproject/ray:2.60.0-py311-cpu"}
 
 
 def _commands(name: str) -> tuple[dockerfile.Command, ...]:
@@ -44,9 +48,26 @@ def _resolve_args(cmds, text: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_base_image_is_the_pinned_ray_image(name: str) -> None:
-    froms = [c for c in _commands(name) if c.cmd == "FROM"]
-    assert [f.value[0] for f in froms] == [IMAGES[name]]
-    assert not froms[0].value[0].endswith(":latest")
+    cmds = _commands(name)
+    froms = [c for c in cmds if c.cmd == "FROM"]
+    assert [f.value[0] for f in froms] == ["${BASE_IMAGE}"]
+    # the default is the tag; a digest pin comes in as --build-arg BASE_IMAGE=...@sha256:... (README, step 1)
+    arg = next(c.value[0] for c in cmds if c.cmd == "ARG" and c.value[0].startswith("BASE_IMAGE="))
+    assert arg == f"BASE_IMAGE={IMAGES[name]}"
+    text = (DEPLOY / name).read_text()
+    assert f"--build-arg BASE_IMAGE={IMAGES[name]}@sha256:" in text
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_dependencies_are_installed_before_the_sources_are_copied(name: str) -> None:
+    """A code edit rebuilds only the last layer: nothing of the package is copied before the pinned install."""
+    cmds = list(_commands(name))
+    deps = next(i for i, c in enumerate(cmds) if c.cmd == "RUN" and "-r /home/ray/constraints.txt" in c.original)
+    copies = [(i, c.value[0]) for i, c in enumerate(cmds) if c.cmd == "COPY"]
+    assert [src for i, src in copies if i < deps] == ["deploy/constraints.txt"]
+    package = next(i for i, c in enumerate(cmds) if c.cmd == "RUN" and "--no-deps" in c.original)
+    assert package > max(i for i, _ in copies)
+    assert "pip check" in cmds[package].original  # the finished environment is consistent
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
@@ -69,32 +90,40 @@ def test_torch_is_pinned_to_the_build_for_the_image(name: str) -> None:
     torch_install = next(argv for argv in installs if any(a.startswith("torch") for a in argv))
     index = torch_install[torch_install.index("--index-url") + 1]
     if name == "Dockerfile":
-        # "-gpu" is Ray's CUDA 12.1.1 image; torch 2.13.0 has no cu121 build, so a CUDA 12 build is named
-        # explicitly and the build checks both the wheel's tag and that its CUDA major is the image's
+        # one CUDA stack: torch's wheel index is the base image's CUDA, and the build checks both agree
         tag = _resolve_args(cmds, index).removeprefix("https://download.pytorch.org/whl/")
-        assert tag in ("cu126", "cu128", "cu129"), index  # CUDA 12 builds that torch 2.x ships; never cu121
+        base_cuda = IMAGES[name].rsplit("-", 1)[1]
+        assert tag == base_cuda == "cu128", (tag, base_cuda)
         run = " ".join(c.original for c in cmds if c.cmd == "RUN" and "torch.version.cuda" in c.original)
-        assert "CUDA_VERSION" in run and "torch.version.cuda.split('.')[0] == image" in run
+        assert "CUDA_VERSION" in run and "torch.version.cuda == image" in run
         assert "torch.__version__.endswith('+${TORCH_CUDA}')" in run
     else:
         assert index == "https://download.pytorch.org/whl/cpu"
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
-def test_every_other_install_is_constrained_by_the_pinned_list(name: str) -> None:
+def test_every_other_install_is_the_pinned_list(name: str) -> None:
     installs = _pip_installs(_commands(name))
+    assert ["-r", "/home/ray/constraints.txt"] in installs
     package = [argv for argv in installs if "." in argv]
-    assert package and all("-c" in argv for argv in package)
+    assert package and all("--no-deps" in argv and "-c" in argv for argv in package)
     for argv in installs:
         for a in argv:
             if not a.startswith("-") and a not in (".",) and "/" not in a:
                 assert "==" in a or "${" in a, f"unpinned requirement {a!r} in {name}"
-    copied = [c.value for c in _commands(name) if c.cmd == "COPY"]
-    assert any(v[0] == "deploy/constraints.txt" for v in copied)
+
+
+def test_constraints_are_exactly_what_the_tests_run_with() -> None:
+    """deploy/constraints.txt == deploy/pin_constraints.py run in this (tested) environment."""
+    proc = subprocess.run([sys.executable, str(DEPLOY / "pin_constraints.py")], capture_output=True, text=True,
+                          timeout=120, check=True)
+    pinned = (DEPLOY / "constraints.txt").read_text()
+    differ = sorted(set(pinned.splitlines()) ^ set(proc.stdout.splitlines()))
+    assert differ == [], f"regenerate: python deploy/pin_constraints.py > deploy/constraints.txt ({differ[:6]})"
 
 
 def test_constraints_pin_every_runtime_dependency_exactly() -> None:
-    from importlib.metadata import requires
+    import tomllib
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -105,7 +134,8 @@ def test_constraints_pin_every_runtime_dependency_exactly() -> None:
             name, _, version = line.partition("==")
             assert version, f"not an exact pin: {line}"
             pins[canonicalize_name(name)] = version
-    direct = [Requirement(r) for r in requires("sgma-batch") if "extra ==" not in r]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    direct = [Requirement(r) for r in project["dependencies"]]
     missing = [r.name for r in direct if canonicalize_name(r.name) not in pins and r.name != "torch"]
     assert missing == []
     assert pins["ray"] == "2.60.0" and "torch" not in pins
@@ -114,9 +144,56 @@ def test_constraints_pin_every_runtime_dependency_exactly() -> None:
             assert r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True), (r, pins[r.name])
 
 
+# -- the GPU smoke test -----------------------------------------------------------------------------------
+SMOKE = DEPLOY / "kuberay" / "smoke-test"
+
+
+def test_the_smoke_script_runs_one_bf16_batch_of_the_shipped_model() -> None:
+    proc = subprocess.run([sys.executable, str(SMOKE / "gpu_smoke.py"), "--device", "cpu", "--batch", "1",
+                           "--px", "64"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] and out["dtype"] == "torch.bfloat16" and out["batch"][0] == 1 and out["modalities"]
+
+
+def test_the_smoke_script_refuses_a_cpu_build_on_the_gpu_path() -> None:
+    import torch
+
+    proc = subprocess.run([sys.executable, str(SMOKE / "gpu_smoke.py")], capture_output=True, text=True, timeout=300,
+                          check=False)
+    if torch.version.cuda is None:
+        assert proc.returncode == 1 and "CPU build" in proc.stderr
+    else:  # a CUDA build here: it passes only with a GPU
+        assert (proc.returncode == 0) == torch.cuda.is_available()
+
+
+def test_the_smoke_job_is_restricted_asks_for_one_gpu_and_uses_the_production_image() -> None:
+    from test_deploy_manifests import render, restricted_violations, validate_builtin
+
+    docs = render(SMOKE)
+    job = next(d for d in docs if d["kind"] == "Job")
+    validate_builtin(job)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    prod = render(DEPLOY / "kuberay" / "overlays" / "production")
+    gpu_images = {ct["image"] for d in prod if d["kind"] == "RayCluster"
+                  for g in d["spec"]["workerGroupSpecs"] for ct in g["template"]["spec"]["containers"]
+                  if "sgma-batch" in ct["image"]}
+    assert gpu_images == {c["image"]}
+    script = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert script["gpu_smoke.py"] == (SMOKE / "gpu_smoke.py").read_text()
+    assert c["command"][-1].endswith("/" + next(iter(script)))
+    readme = (DEPLOY / "README.md").read_text()
+    assert readme.index("kubectl apply -k deploy/kuberay/smoke-test") < \
+        readme.index("kubectl apply -k deploy/kuberay/overlays/production")  # the operator runs it first
+
+
 def test_a_broken_dockerfile_fails_these_checks(tmp_path: Path) -> None:
     """Test the test: unpinned torch and a root user are caught."""
     bad = (DEPLOY / "Dockerfile").read_text().replace('"torch==${TORCH_VERSION}"', "torch")
+    assert bad != (DEPLOY / "Dockerfile").read_text()
     bad = bad.replace("USER ray\nCMD", "USER root\nCMD")
     (tmp_path / "Dockerfile").write_text(bad)
     cmds = dockerfile.parse_file(str(tmp_path / "Dockerfile"))
