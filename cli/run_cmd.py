@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
         signer: str | None = typer.Option(
             None, "--signer", help="Sign asset hrefs at read time: planetary-computer or module:function."
         ),
-        out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store; rerunning resumes/updates it."),
+        out: str = typer.Option("mosaic.zarr", "--out", help="Output Zarr store, a path or an s3:// gs:// az:// URL; "
+                                "rerunning resumes/updates it."),
         address: str | None = typer.Option(
             None, "--address", help="Ray cluster to run on: auto, ray://host:10001 (default: this process, no Ray)."
         ),
@@ -161,9 +162,10 @@ def register(app: typer.Typer) -> None:
         """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
         from sgma_batch.agreement import label_agreement
         from sgma_batch.errors import StoreCorruptError
+        from sgma_batch.storage import has_children, join, user_location
         from sgma_batch.store import manifest_summary
 
-        if not (Path(store) / "manifest").is_dir():
+        if not has_children(join(user_location(store, "store"), "manifest")):  # a path or an s3:// gs:// az:// URL
             raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")
         counts = manifest_summary(store)
         agreement = label_agreement(store, labels, label_nodata=label_nodata, label_map=label_map) if labels else None

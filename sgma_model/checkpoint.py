@@ -468,9 +468,13 @@ def save_checkpoint(model: MultiModalSegmenter, path: str | os.PathLike[str], ca
 
 def _save_to_url(url: str, state: dict[str, Any], card: ModelCard) -> ModelCard:
     """:func:`save_checkpoint` to object storage: the weights PUT, then the card PUT (the commit point)."""
-    from safetensors.torch import save
+    import tempfile
 
-    weights = save(state, metadata={"architecture": card.architecture, "format": "pt"})
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:  # save_file, as on disk: the same bytes (and hash) as a local save
+        save_file(state, f"{tmp}/{WEIGHTS_FILE}", metadata={"architecture": card.architecture, "format": "pt"})
+        weights = Path(tmp, WEIGHTS_FILE).read_bytes()
     _url_write(_url_join(url, WEIGHTS_FILE), weights)
     saved = ModelCard(architecture=card.architecture, arguments=card.arguments, modalities=card.modalities,
                       classes=card.classes, training=card.training,
