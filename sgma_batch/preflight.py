@@ -227,22 +227,25 @@ def _probe_scene(scene: Scene) -> dict[str, np.ndarray]:
         if not path.startswith("/vsi") and not Path(path).exists():
             raise _permanent_local(asset.href)
         try:
-            with rasterio.open(path) as src:
+            with rasterio.open(path) as first:
+                paged = asset.index > first.count == 1 and len(first.subdatasets) >= asset.index
+            index = 1 if paged else asset.index
+            with rasterio.open(f"GTIFF_DIR:{asset.index}:{path}" if paged else path) as src:
                 if src.crs is None and src.gcps[0]:
                     raise UnsupportedSceneError(
                         f"scene {scene.id} ({scene.collection}) is in radar geometry (ground control points, no "
                         "map grid); use a terrain-corrected collection (e.g. --collections s1=sentinel-1-rtc) or "
                         "geocode it first"
                     )
-                if not 1 <= asset.index <= src.count:
+                if not 1 <= index <= src.count:
                     raise UnsupportedSceneError(
                         f"asset {asset.href} has {src.count} band(s), the item puts {band!r} in band "
                         f"{asset.index}; fix the item's eo:bands (or bands)"
                     )
                 h, w = min(src.height, PROBE_WINDOW_PX), min(src.width, PROBE_WINDOW_PX)
                 win = Window((src.width - w) // 2, (src.height - h) // 2, w, h)
-                a = src.read(asset.index, window=win).astype(np.float32)
-                nodata = asset.nodata if asset.nodata is not None else src.nodatavals[asset.index - 1]
+                a = src.read(index, window=win).astype(np.float32)
+                nodata = asset.nodata if asset.nodata is not None else src.nodatavals[index - 1]
                 if nodata is not None and np.isfinite(nodata):
                     a[a == np.float32(nodata)] = np.nan
                 windows[band] = a

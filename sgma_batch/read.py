@@ -5,6 +5,9 @@ aligned) the pixels are read as a plain window (about 10x faster than warping); 
 covering source window is read and reprojected onto the target grid with ``rasterio.warp.reproject``
 (bilinear for data bands, nearest for categorical mask bands such as SCL). Memory is O(target box).
 
+A band is band ``AssetRef.index`` of its file (multi-band COGs: Sen1Floods11, Earth Engine exports), or,
+in a multi-page TIFF whose pages hold one band each, page ``index``. Nodata is the item's, else the file's.
+
 Compositing follows the co-location ranking of :func:`sgma_batch.colocate.plan_cell`: pixels are
 taken from the first scene that has them valid (optical: most clear area / lowest cloud first; SAR:
 nearest in time; DEM: mosaic), and reading stops early once every pixel is filled.
@@ -33,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +147,9 @@ def open_dataset(path: str) -> Any:
     import rasterio
 
     key: tuple[Any, ...] = (path,)
-    if not path.startswith("/vsi"):
-        st = os.stat(path)  # a replaced or rewritten local file is a new key
+    file = path.split(":", 2)[2] if path.startswith("GTIFF_DIR:") else path  # a page of a multi-page TIFF
+    if not file.startswith("/vsi"):
+        st = os.stat(file)  # a replaced or rewritten local file is a new key
         key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
     lru = _cache()
     hit = lru.get(key)
@@ -209,11 +213,18 @@ def _read_band(asset: AssetRef, geobox: GeoBox, *, categorical: bool, href: str 
     path = _gdal_path(href)
     if not path.startswith("/vsi") and not Path(path).exists():
         raise FileNotFoundError(f"asset {asset.href} does not exist")  # local: not transient, no retry
+    opened = path
     try:
         try:
-            return _read_open(open_dataset(path), asset, geobox, categorical=categorical)
+            src = open_dataset(path)
+            if asset.index > src.count == 1 and len(src.subdatasets) >= asset.index:
+                opened = f"GTIFF_DIR:{asset.index}:{path}"  # a multi-page TIFF: band n is page n
+                src, asset = open_dataset(opened), replace(asset, index=1)
+            return _read_open(src, asset, geobox, categorical=categorical)
         except Exception:
             evict_dataset(path)  # a handle that failed once is not reused: the retry opens afresh
+            if opened != path:
+                evict_dataset(opened)
             raise
     except OSError as exc:  # RasterioIOError is an OSError: keep any token out of messages and logs
         if href == asset.href:

@@ -124,3 +124,39 @@ def test_l1c_for_an_l2a_model_is_a_domain_error_unless_allowed(served, checkpoin
     assert mapped.mean() > 0.5
     both = (arrays["modality_mask"][mapped] & 0b11) == 0b11  # s2 and s1 bits: both multi-band files were read
     assert both.mean() > 0.95, both.mean()
+
+
+def test_multi_page_tiff_is_read_page_by_page(tmp_path):
+    """VV and VH as two pages (IFDs) of one TIFF, one band each, over HTTP: band n of the item is page n."""
+    from odc.geo.geobox import GeoBox
+
+    from sgma_batch.read import read_modality_report
+    from sgma_batch.search import search_scenes
+    from sgma_batch.sensors import get_profile
+
+    with rasterio.open(S1_FILE) as src:
+        raw, profile = src.read(), src.profile
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    path = pages / "s1_pages.tif"  # a temporary file: the chip's pixels, re-laid out as pages
+    for i in range(2):
+        kw = {**profile, "count": 1, "driver": "GTiff", **({"APPEND_SUBDATASET": "YES"} if i else {})}
+        with rasterio.open(path, "w", **kw) as dst:
+            dst.write(raw[i], 1)
+    with rasterio.open(path) as src:
+        assert src.count == 1 and len(src.subdatasets) == 2  # really two pages, not two bands
+    with asset_server(pages, tmp_path) as url:
+        s1 = _item("s1-pages", "sen1floods11-s1", "2019-09-17T17:50:00Z", {
+            "data": {"href": f"{url}/{path.name}", "type": "image/tiff; application=geotiff", "roles": ["data"],
+                     "eo:bands": [{"name": "VV"}, {"name": "VH"}]}})
+        catalog = tmp_path / "items.json"
+        catalog.write_text(json.dumps({"type": "FeatureCollection", "features": [s1]}))
+        scene = search_scenes(str(catalog), box(*_aoi()), "2019-09-01", "2019-09-30",
+                              collections="s1=sen1floods11-s1:s1-db", modalities=["s1"])["s1"][0]
+        assert {b: a.index for b, a in scene.assets.items()} == {"vv": 1, "vh": 2}
+        gbox = GeoBox((profile["height"], profile["width"]), profile["transform"], profile["crs"].to_wkt())
+        res = read_modality_report([scene], gbox, get_profile("s1-db"))
+    assert not res.errors
+    valid = np.isfinite(raw).all(axis=0)
+    assert np.array_equal(res.valid, valid)
+    np.testing.assert_array_equal(res.data[:, valid], raw[:, valid])  # VH from page 2, not VV again
