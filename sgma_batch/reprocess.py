@@ -132,6 +132,7 @@ class ReprocessSpec(_Strict):
     overlap_px: int | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, gt=0)
     max_actors: int | None = Field(default=None, gt=0)
+    gpus_per_actor: float | None = Field(default=None, ge=0)  # 1 on an autoscaling GPU cluster (deploy/)
     threads: int | None = Field(default=None, gt=0)
     aois: list[AOISpec] = Field(min_length=1)
     periods: list[WindowSpec | WindowSeriesSpec] = Field(min_length=1)
@@ -289,7 +290,7 @@ def expand_spec(spec: ReprocessSpec, base_dir: Path) -> list[ReprocessEntry]:
     check_plan_size(periods=len(spec.stores) * len(spec.aois) * len(periods),
                     hint="that is the job's (store, AOI, period) entries: split it into several specs")
     passthrough = ("address", "executor", "tile_px", "halo_px", "res_m", "crs", "window_px", "overlap_px",
-                   "batch_size", "max_actors", "threads")
+                   "batch_size", "max_actors", "gpus_per_actor", "threads")
     common: dict[str, Any] = {k: getattr(spec, k) for k in passthrough if getattr(spec, k) is not None}
     if spec.cache_dir is not None:
         common["cache_dir"] = _resolve(spec.cache_dir, base_dir)

@@ -372,7 +372,8 @@ def test_identity_credentials_and_storage(overlay: str) -> None:
                 assert not (env["name"].startswith("AWS_SECRET") and "value" in env)
     assert not [d for d in docs if d["kind"] == "Secret"]
     pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"]
+    # several nodes mount it at once, except on the one-node dev cluster (kind's local-path is RWO only)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce" if overlay == "dev" else "ReadWriteMany"]
     assert pvc["spec"]["storageClassName"] == {"dev": "standard"}.get(overlay, "efs-sc")
 
 
@@ -518,7 +519,7 @@ def test_gpu_entrypoints_ask_for_one_gpu_per_actor_and_as_many_actors_as_workers
     assert argv[argv.index("--address") + 1] == "auto" and argv[argv.index("--out") + 1].startswith("s3://")
     specs = next(d for d in docs if d["metadata"]["name"] == "sgma-job-specs")["data"]
     reprocess = yaml.safe_load(specs["reprocess.yaml"])
-    assert reprocess["address"] == "auto"
+    assert reprocess["address"] == "auto" and reprocess["gpus_per_actor"] == 1
     assert reprocess["max_actors"] == cluster_of(rayjob(docs, "reprocess"))["workerGroupSpecs"][0]["maxReplicas"]
     assert all(s["path"].startswith("s3://") for s in reprocess["stores"])
 
@@ -673,6 +674,10 @@ def test_reprocess_spec_in_the_configmap_is_valid(overlay: str) -> None:
     entries = expand_spec(spec, Path("/etc/sgma/jobs"))
     assert len(entries) == 12 and all(e.store.startswith("s3://") for e in entries)
     assert entries[0].aoi == "/etc/sgma/jobs/aoi.geojson" and "aoi.geojson" in specs
+    from sgma_batch.reprocess import build_run_spec
+
+    run = build_run_spec(entries[0])  # what each entry runs: on the job's cluster, one GPU per actor
+    assert run.address == "auto" and run.gpus_per_actor == 1 and run.max_actors == spec.max_actors
 
 
 def test_cronjob_has_exactly_the_rbac_it_needs() -> None:
