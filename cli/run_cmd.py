@@ -168,7 +168,13 @@ def register(app: typer.Typer) -> None:
         if not has_children(join(user_location(store, "store"), "manifest")):  # a path or an s3:// gs:// az:// URL
             raise StoreCorruptError(f"{store} has no manifest; give a store written by `sgma-batch run`")
         counts = manifest_summary(store)
-        agreement = label_agreement(store, labels, label_nodata=label_nodata, label_map=label_map) if labels else None
+        from sgma_batch.errors import AssetReadError
+        from sgma_batch.safety import guarded
+
+        agreement = guarded(  # a missing or non-raster --labels file: one line (60), not a traceback
+            lambda: label_agreement(store, labels, label_nodata=label_nodata, label_map=label_map),
+            what=f"labels {labels}", error=AssetReadError,
+            hint="give a label GeoTIFF (class ids) over the store's area") if labels else None
         if as_json:
             extra = {"agreement": agreement} if agreement is not None else {}
             typer.echo(json.dumps({"store": store, "tiles": sum(counts.values()), **counts, **extra}))
@@ -191,9 +197,13 @@ def register(app: typer.Typer) -> None:
         png: str = typer.Option(..., "--png", help="PNG file to write."),
     ) -> None:
         """Render the class map with a legend to a PNG."""
+        from sgma_batch.errors import StoreCorruptError
+        from sgma_batch.safety import check_png_target, guarded
         from sgma_batch.store import render_quicklook
 
-        render_quicklook(store, png)
+        check_png_target(png)
+        guarded(lambda: render_quicklook(store, png), what=f"store {store}", error=StoreCorruptError,
+                hint="give a store written by `sgma-batch run` and a writable --png")
         typer.echo(png, err=True)
 
 

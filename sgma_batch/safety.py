@@ -20,10 +20,10 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sgma_batch.errors import ClusterUnreachableError, StoreLockedError, UnsafeOutputError
 
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 StoreKind = Literal["mosaic", "chips"]
+T = TypeVar("T")
 
 #: Seconds a run waits for ``ray.init`` to connect before it gives up (exit 5); a local Ray starts in 3-10 s.
 CLUSTER_CONNECT_TIMEOUT_S = 120.0
@@ -366,3 +367,30 @@ def discard_new_store(path: str | Path) -> bool:
     shutil.rmtree(p, ignore_errors=True)
     log.info("removed %s: created by this run, no tile committed", p)
     return True
+
+
+def guarded(fn: Callable[[], T], *, what: str, error: type[Exception], hint: str) -> T:
+    """``fn()``, with the library errors a bad input file causes (missing, unreadable, not the expected
+    format) turned into one line of ``error`` (an SgmaError class); sgma-batch's own errors pass through."""
+    from sgma_batch.errors import SgmaError
+    from sgma_batch.redact import redact
+
+    try:
+        return fn()
+    except SgmaError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise error(f"cannot use {what}: {redact(first)}; {hint}") from None
+
+
+def check_png_target(png: str) -> Path:
+    """``--png`` must name a .png file whose folder exists (UsageError, 2), not a folder."""
+    from sgma_batch.errors import UsageError
+
+    p = Path(png).expanduser()
+    if p.suffix.lower() != ".png" or p.is_dir():
+        raise UsageError(f"--png {png} must name a .png file, e.g. --png quicklook.png")
+    if not p.parent.is_dir():
+        raise UsageError(f"--png {png}: the folder {p.parent} does not exist; create it or choose another path")
+    return p
