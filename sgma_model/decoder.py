@@ -29,9 +29,34 @@ class AllMLPDecoder(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:  # list of (B, C_i, H_i, W_i)
         size = feats[0].shape[-2:]
-        ups = [
-            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
-            for i, (p, f) in enumerate(zip(self.proj, feats, strict=True))
-        ]
-        x = self.fuse(torch.cat(ups, dim=1))  # (B, E, H/4, W/4)
+        if self.training or torch.is_grad_enabled():
+            ups = [
+                F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
+                for i, (p, f) in enumerate(zip(self.proj, feats, strict=True))
+            ]
+            x = self.fuse[0](torch.cat(ups, dim=1))  # (B, E, H/4, W/4)
+        else:
+            x = self._fused_projection(feats, size)
+        x = self.fuse[2](self.fuse[1](x))
         return self.classifier(self.dropout(x))  # (B, K, H/4, W/4)
+
+    def _fused_projection(self, feats: Sequence[Tensor], size: torch.Size) -> Tensor:
+        """The fuse conv of the concatenated projections, folded into each scale (inference only).
+
+        ``fuse(cat_i(up(P_i f_i)))`` = ``sum_i up((W_i P_i) f_i + W_i b_i) + b``: a 1x1 conv and bilinear
+        upsampling (weights summing to 1) commute, so each scale goes through one composed conv at its own
+        resolution and the ``len(feats) x E``-channel concatenation at stride 4 is never built. Equal to the
+        training path within float rounding (~1e-6); a forward on a CPU ~12 % faster (docs/performance.md).
+        """
+        conv = self.fuse[0]
+        e = conv.out_channels
+        x = None
+        for i, (p, f) in enumerate(zip(self.proj, feats, strict=True)):
+            w_i = conv.weight[:, i * e : (i + 1) * e, 0, 0]  # (E, E): the fuse conv's block for scale i
+            weight = (w_i @ p.weight[:, :, 0, 0])[:, :, None, None]  # (E, C_i, 1, 1)
+            bias = w_i @ p.bias + (conv.bias if i == 0 else 0)
+            y = F.conv2d(f, weight, bias)
+            if i:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = y if x is None else x + y
+        return x
