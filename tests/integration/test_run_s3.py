@@ -21,6 +21,7 @@ import reliability_helpers as rh
 import run_archive
 from servers import remote_items, s3_server
 
+from sgma_batch.errors import AssetNotFoundError
 from sgma_batch.run import RunSpec, run_mosaic
 
 pytestmark = pytest.mark.integration
@@ -73,18 +74,14 @@ def test_run_reads_s3_assets_and_matches_the_local_run(archive, checkpoint, s3, 
     assert read <= COGS and sum(gets.values()) >= 6, gets
 
 
-def test_a_missing_bucket_degrades_tiles_instead_of_crashing(archive, checkpoint, s3, tmp_path, monkeypatch):
+def test_a_missing_bucket_is_a_setup_error_before_any_compute(archive, checkpoint, s3, tmp_path, monkeypatch):
+    # every asset in a bucket that does not exist: found by the preflight's probe (exit 63, issue 18), where it
+    # used to be a finished job with every tile degraded (exit 3)
     for name, value in s3.gdal_env().items():
         monkeypatch.setenv(name, value)
     catalog = remote_items(archive, archive.parent, "s3://no-such-bucket", tmp_path / "s3-items.json")
     out = tmp_path / "missing.zarr"
-    s = run_mosaic(_spec(catalog, checkpoint, out, tile_px=256, read_retries=0))
-    assert s.exit_code == 3 and s.degraded == s.tiles > 0 and s.failed == 0
-    errors: list[str] = []
-    for rec in rh.manifest(out).values():
-        assert rec.status == "degraded" and "s1" not in rec.modalities and "dem" not in rec.modalities
-        assert set(rec.errors) == {"dem/dem-1", "s1/s1-a", "s1/s1-b"}, rec.errors
-        errors += rec.errors.values()
-    # GDAL's S3 error (later tiles may get its cached "HTTP response code: 404" for the same object)
-    assert any("bucket does not exist" in msg for msg in errors), errors
+    with pytest.raises(AssetNotFoundError) as exc:
+        run_mosaic(_spec(catalog, checkpoint, out, tile_px=256, read_retries=0))
+    assert exc.value.exit_code == 63 and "bucket does not exist" in str(exc.value) and not out.exists()
     assert any(path.startswith("/no-such-bucket/") for path in s3.served("HEAD") + s3.served("GET"))
