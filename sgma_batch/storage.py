@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ __all__ = [
     "create_exclusive",
     "delete",
     "delete_tree",
-    "display",
     "exists",
     "has_children",
     "is_url",
@@ -117,10 +116,6 @@ def location(value: str | os.PathLike[str]) -> Loc:
         raise ValueError(f"{value}: no bucket in the URL; write {scheme}://BUCKET/path")
     key = parts.path.strip("/")
     return f"{scheme}://{parts.netloc}" + (f"/{key}" if key else "")
-
-
-def display(loc: Loc) -> str:
-    return str(loc)
 
 
 def join(loc: Loc, *parts: str) -> Loc:
@@ -372,11 +367,6 @@ def _zarr_object_store(url: str, read_only: bool, env: tuple[tuple[str, str], ..
     from zarr.storage import ObjectStore
 
     return ObjectStore(_client(url, env), read_only=read_only)  # a client whose key prefix is the store
-
-
-def describe_config() -> Mapping[str, str]:
-    """The object-store environment in effect, secrets left out (for ``--dry-run`` and error messages)."""
-    return {k: ("***" if any(s in k for s in ("SECRET", "TOKEN", "KEY")) else v) for k, v in _env_key()}
 
 
 @contextlib.contextmanager

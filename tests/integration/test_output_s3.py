@@ -313,7 +313,8 @@ def test_chips_and_training_checkpoints_on_s3(s3, s3_env, tmp_path):
     if started:  # the workers read the chips from S3: they get the same environment
         ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": s3_env})
     try:
-        result = train(TrainSpec(name="s3", chips=url, storage=tmp_path / "runs", out=ckpt, model="sgma_tiny",
+        # Ray Train's own checkpoints go to S3 too (Ray writes them through pyarrow, from the same variables)
+        result = train(TrainSpec(name="s3", chips=url, storage=f"s3://{BUCKET}/runs", out=ckpt, model="sgma_tiny",
                                  batch_size=4, workers=1, epochs=1, lr=2e-3, warmup_epochs=0.5))
     finally:
         if started:
@@ -322,3 +323,4 @@ def test_chips_and_training_checkpoints_on_s3(s3, s3_env, tmp_path):
     _, card = load_checkpoint(ckpt)
     assert card.model_hash == result.model_hash and card.training["data"]["chips"] == url
     assert storage.list_names(ckpt) == ["card.json", "model.safetensors"]
+    assert storage.has_children(f"s3://{BUCKET}/runs/s3") and not (tmp_path / "runs").exists()
