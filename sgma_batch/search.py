@@ -383,6 +383,17 @@ class StaticCatalog:
                 yield item
 
 
+class InMemoryCatalog(StaticCatalog):
+    """STAC Items held in memory (dicts), searched like a static catalogue: planning and co-location tests
+    without files or servers, and catalogues assembled by code. Asset hrefs are used as given."""
+
+    def __init__(self, items: Iterable[Mapping[str, Any]], name: str = "in-memory catalogue") -> None:
+        self.path = Path(name)
+        self.name = name
+        self._items = [json.loads(json.dumps(dict(i))) for i in items]  # a private copy, as a server would serve
+        self._collections = sorted({str(i["collection"]) for i in self._items if i.get("collection")})
+
+
 # -- the API path ---------------------------------------------------------------------------------
 def _is_loopback(url: str) -> bool:
     host = urlparse(url).hostname or ""
@@ -500,7 +511,7 @@ def _api_search(
 
 # -- the entry point ------------------------------------------------------------------------------
 def search_scenes(
-    catalog: str | Path,
+    catalog: str | Path | StaticCatalog,
     aoi: AOI | BaseGeometry | Mapping[str, Any],
     start: str | date | datetime,
     end: str | date | datetime,
@@ -521,8 +532,8 @@ def search_scenes(
     """Find the scenes of each modality over an AOI and window.
 
     Args:
-        catalog: a STAC API URL or a local static catalogue path (catalog.json, collection.json, or an
-            item-collection JSON file).
+        catalog: a STAC API URL, a local static catalogue path (catalog.json, collection.json, or an
+            item-collection JSON file), or a :class:`StaticCatalog` / :class:`InMemoryCatalog` object.
         aoi: an :class:`AOI` (or a lon/lat shapely geometry / GeoJSON mapping).
         start, end: the closed time window (dates or RFC 3339); modalities in
             ``TIMELESS_MODALITIES`` (the DEM) are searched without it.
@@ -544,10 +555,17 @@ def search_scenes(
     t0, t1 = parse_window(start, end)
     geom = _aoi_geometry(aoi)
     sign = signer_name(signer)
-    cat = str(catalog)
+    if isinstance(catalog, StaticCatalog):
+        cat = catalog.name if isinstance(catalog, InMemoryCatalog) else str(catalog.path)
+    else:
+        cat = str(catalog)
     client = None
     static: StaticCatalog | None = None
-    if _is_url(cat):
+    if isinstance(catalog, StaticCatalog):  # an in-memory (or already opened static) catalogue
+        static = catalog
+        available = static.collections
+        local_ok = True
+    elif _is_url(cat):
         client = _open_client(cat, retries=retries, backoff=backoff_factor, timeout=timeout)
         try:
             available = [c.id for c in client.get_collections()]
@@ -616,6 +634,7 @@ __all__ = [
     "MODALITY_PREFERENCE",
     "TIMELESS_MODALITIES",
     "CollectionChoice",
+    "InMemoryCatalog",
     "catalog_extent",
     "StaticCatalog",
     "matches_query",
