@@ -157,6 +157,12 @@ class _S2Base(SensorProfile):
             reason = "acquisition date (no baseline in item)"
             log.debug("item %s: no processing baseline, BOA offset %s by %s", item.get("id"), offset, reason)
         out: dict[str, Any] = {"dn_offset": offset, "dn_scale": DN_SCALE, "offset_reason": reason}
+        # the processing level the item itself states (s2:product_type S2MSI1C / S2MSI2A, processing:level),
+        # checked against the model card by the preflight whatever profile reads it
+        kind = str(props.get("s2:product_type") or props.get("processing:level") or "").upper()
+        level = "L1C" if kind.endswith(("1C", "L1C")) else "L2A" if kind.endswith(("2A", "L2A")) else None
+        if level:
+            out["level"] = level
         if baseline is not None:
             out["processing_baseline"] = f"{baseline[0]:02d}.{baseline[1]:02d}"
         return out

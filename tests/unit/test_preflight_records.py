@@ -68,3 +68,31 @@ def test_a_map_projected_grd_names_its_units_in_metadata():
     assert valid.all() and np.allclose(data[0], -12.0)  # dB kept, not dropped as "<= 0 linear"
     data, valid = prof.harmonise(lin, {"vv": np.full((2, 2), 0.1), "vh": np.full((2, 2), 0.01)})
     assert valid.all() and np.allclose(data[:, 0, 0], [-10.0, -20.0])
+
+
+def test_the_level_an_item_states_is_checked_against_the_card():
+    """An item that says S2MSI1C is L1C whatever profile reads it: exit 35 for an L2A model, a warning when
+    allowed; the item's own S2MSI2A passes."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pytest
+
+    from sgma_batch.errors import DomainShiftError
+    from sgma_batch.preflight import check_domain
+    from sgma_batch.sensors import get_profile
+
+    stac = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "stac"
+    data = json.loads((stac / "earthsearch_sentinel-2-c1-l2a_10items.json").read_text())
+    item = (data["features"] if isinstance(data, dict) else data)[0]
+    card = SimpleNamespace(modalities=[SimpleNamespace(name="s2", collection_hint="sentinel-2-c1-l2a")])
+    l2a = get_profile("s2-l2a").scene_from_item(item)
+    assert check_domain(card, {"s2": [l2a]}) == []
+    item = json.loads(json.dumps(item))
+    item["properties"]["s2:product_type"] = "S2MSI1C"
+    l1c = get_profile("s2-l2a").scene_from_item(item)
+    with pytest.raises(DomainShiftError) as exc:
+        check_domain(card, {"s2": [l1c]})
+    assert exc.value.exit_code == 35 and "are L1C" in str(exc.value) and "--allow-domain-shift" in str(exc.value)
+    assert len(check_domain(card, {"s2": [l1c]}, allow_domain_shift=True)) == 1
