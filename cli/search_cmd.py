@@ -55,7 +55,7 @@ def search(
 ) -> None:
     """List matching scenes per modality; exits 4 when nothing is found."""
     from sgma_batch.aoi import load_aoi
-    from sgma_batch.errors import UsageError
+    from sgma_batch.errors import NothingFoundError, UsageError
     from sgma_batch.search import search_scenes
 
     area = load_aoi(aoi, max_area_km2=max_area_km2)
@@ -64,7 +64,17 @@ def search(
     except json.JSONDecodeError as exc:
         raise UsageError(f"--query is not JSON ({exc.msg}); give e.g. '{{\"eo:cloud_cover\": {{\"lt\": 30}}}}'") from None
     cat = catalog or _default_catalog()
-    results = search_scenes(cat, area, start, end, collections=collections, query=q, max_items=max_items, signer=signer)
+    try:
+        results = search_scenes(cat, area, start, end, collections=collections, query=q, max_items=max_items,
+                                signer=signer)
+    except NothingFoundError as exc:
+        from sgma_batch.preflight import explain_empty
+        from sgma_batch.search import MODALITIES
+
+        if query or exc.exit_code != 4:
+            raise
+        # an AOI outside the catalogue (for the demo archive: a small synthetic area) is 17, not "widen the window"
+        raise explain_empty(cat, area, start, end, MODALITIES, collections=collections, demo=catalog is None) from None
     payload = scenes_to_json(results)
     if as_json:
         typer.echo(json.dumps({"catalog": cat, "start": start, "end": end, "scenes": payload}, indent=2))
