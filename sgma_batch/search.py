@@ -319,10 +319,13 @@ class StaticCatalog:
         self.path = Path(path)
         if not self.path.exists():
             raise CatalogUnreachableError(f"catalogue {self.path} does not exist; give a catalog.json path or a STAC API URL")
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"cannot read catalogue {self.path}: {exc}; give a STAC catalog.json") from None
+        from sgma_batch.inputs import load_json_file
+
+        # bounded: a regular file (not /dev/zero), at most 1 GiB, nesting at most 64, UTF-8 (one line, exit 20)
+        data = load_json_file(self.path, what="catalogue", error=CatalogError, max_bytes=1 << 30,
+                              hint="give a STAC catalog.json, collection or item collection")
+        if not isinstance(data, (dict, list)):
+            raise CatalogError(f"{self.path} is not a STAC catalogue, collection or item collection")
         self._items: list[dict[str, Any]] | None = None
         if isinstance(data, list) or data.get("type") in ("FeatureCollection", "Feature"):
             feats = data if isinstance(data, list) else data.get("features", [data])
@@ -350,10 +353,12 @@ class StaticCatalog:
             if rel not in ("child", "item") or not href or _is_url(href):
                 continue
             target = (path.parent / href).resolve()
-            try:
-                child = json.loads(target.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CatalogError(f"cannot read {target} linked from {path}: {exc}; repair the catalogue") from None
+            from sgma_batch.inputs import load_json_file
+
+            child = load_json_file(target, what=f"catalogue file (linked from {path})", error=CatalogError,
+                                   max_bytes=64 << 20, hint="repair the catalogue")
+            if not isinstance(child, dict):
+                raise CatalogError(f"{target} linked from {path} is not a STAC object; repair the catalogue")
             if rel == "item":
                 child = _absolute_hrefs(child, str(target))
                 if not child.get("collection") and collection:

@@ -281,19 +281,23 @@ def bad_inputs(world) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", ["aoi-dev-zero", "aoi-deep", "crs-unknown", "crs-geographic", "res-nan",
-                                  "res-tiny", "area-nan", "card-nan", "card-huge-classes"])
+                                  "res-tiny", "area-nan", "card-nan", "card-huge-classes", "catalog-dev-zero",
+                                  "catalog-deep"])
 def test_bad_run_inputs_are_one_line_errors(world, bad_inputs, unchanged, case):
     aoi_args = {"aoi-dev-zero": "/dev/zero", "aoi-deep": str(bad_inputs["root"] / "deep.geojson")}
     extra = {"crs-unknown": ["--crs", "EPSG:999999"], "crs-geographic": ["--crs", "EPSG:4326"],
              "res-nan": ["--res", "nan"], "res-tiny": ["--res", "0.0001"], "area-nan": ["--max-area-km2", "nan"],
-             "card-nan": ["--model", str(bad_inputs["nan"])], "card-huge-classes": ["--model", str(bad_inputs["big"])]}
+             "card-nan": ["--model", str(bad_inputs["nan"])], "card-huge-classes": ["--model", str(bad_inputs["big"])],
+             "catalog-dev-zero": ["--catalog", "/dev/zero"],
+             "catalog-deep": ["--catalog", str(bad_inputs["root"] / "deep.geojson")]}
     args = _run(world, world["store"], "--sequential", *extra.get(case, []))
     if case in aoi_args:
         args[args.index("--aoi") + 1] = aoi_args[case]
     want = {"aoi-dev-zero": (10, "not a regular file"), "aoi-deep": (11, "nested deeper"),
             "crs-unknown": (2, "--crs"), "crs-geographic": (2, "not a projected CRS"), "res-nan": (2, "res_m"),
             "res-tiny": (18, "output pixels"), "area-nan": (2, "max_area_km2"), "card-nan": (30, "finite"),
-            "card-huge-classes": (30, "above 65,536")}[case]
+            "card-huge-classes": (30, "above 65,536"), "catalog-dev-zero": (20, "not a regular file"),
+            "catalog-deep": (20, "nested deeper")}[case]
     t0 = time.monotonic()
     r = rh.cli(*args)
     _refused(r, want[0], want[1])
