@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgma_model.layers import LayerNorm2d
+from sgma_model.layers import Conv1x1, LayerNorm2d, pointwise
 
 
 class AllMLPDecoder(nn.Module):
@@ -20,16 +20,16 @@ class AllMLPDecoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], embed_dim: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
-        self.proj = nn.ModuleList([nn.Conv2d(c, embed_dim, 1) for c in in_channels])
+        self.proj = nn.ModuleList([Conv1x1(c, embed_dim) for c in in_channels])
         self.fuse = nn.Sequential(
-            nn.Conv2d(embed_dim * len(in_channels), embed_dim, 1), LayerNorm2d(embed_dim), nn.GELU()
+            Conv1x1(embed_dim * len(in_channels), embed_dim), LayerNorm2d(embed_dim), nn.GELU()
         )
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
+        self.classifier = Conv1x1(embed_dim, num_classes)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:  # list of (B, C_i, H_i, W_i)
         size = feats[0].shape[-2:]
-        if self.training or torch.is_grad_enabled():
+        if self.training or not torch.is_inference_mode_enabled():  # a no_grad teacher stays on this path too
             ups = [
                 F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
                 for i, (p, f) in enumerate(zip(self.proj, feats, strict=True))
@@ -41,7 +41,7 @@ class AllMLPDecoder(nn.Module):
         return self.classifier(self.dropout(x))  # (B, K, H/4, W/4)
 
     def _fused_projection(self, feats: Sequence[Tensor], size: torch.Size) -> Tensor:
-        """The fuse conv of the concatenated projections, folded into each scale (inference only).
+        """The fuse conv of the concatenated projections, folded into each scale (under inference_mode only).
 
         ``fuse(cat_i(up(P_i f_i)))`` = ``sum_i up((W_i P_i) f_i + W_i b_i) + b``: a 1x1 conv and bilinear
         upsampling (weights summing to 1) commute, so each scale goes through one composed conv at its own
@@ -55,7 +55,7 @@ class AllMLPDecoder(nn.Module):
             w_i = conv.weight[:, i * e : (i + 1) * e, 0, 0]  # (E, E): the fuse conv's block for scale i
             weight = (w_i @ p.weight[:, :, 0, 0])[:, :, None, None]  # (E, C_i, 1, 1)
             bias = w_i @ p.bias + (conv.bias if i == 0 else 0)
-            y = F.conv2d(f, weight, bias)
+            y = pointwise(f, weight, bias)
             if i:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = y if x is None else x + y

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from sgma_model.layers import LayerNorm2d
+from sgma_model.layers import Conv1x1, LayerNorm2d
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.norm = LayerNorm2d(dim)
-        self.pw1 = nn.Conv2d(dim, 4 * dim, 1)
+        self.pw1 = Conv1x1(dim, 4 * dim)
         self.act = nn.GELU()
-        self.pw2 = nn.Conv2d(4 * dim, dim, 1)
+        self.pw2 = Conv1x1(4 * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init)))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)

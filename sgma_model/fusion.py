@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sgma_model.layers import LayerNorm2d, masked_softmax
+from sgma_model.layers import Conv1x1, LayerNorm2d, masked_softmax
 
 
 def _uniform_weights(valid: Tensor) -> Tensor:
@@ -36,7 +36,7 @@ class ModalityProjector(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dw = nn.ModuleList([nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim) for k in (11, 7, 3)])
-        self.pw = nn.Conv2d(dim, dim, 1)
+        self.pw = Conv1x1(dim, dim)
         self.norm = LayerNorm2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
@@ -73,19 +73,19 @@ class SGF(nn.Module):
             raise ValueError(f"SGF dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.num_classes = dim, num_heads, num_classes
         self.projectors = nn.ModuleDict({m: ModalityProjector(dim) for m in modalities})
-        self.class_filter = nn.Conv2d(dim, num_classes, 1)
+        self.class_filter = Conv1x1(dim, num_classes)
         self.proto_norm = nn.LayerNorm(dim)
         # spatial perceptron
         self.sp_q = nn.Linear(dim, dim)
-        self.sp_k = nn.Conv2d(dim, dim, 1)
-        self.sp_v = nn.Conv2d(dim, dim, 1)
-        self.sp_o = nn.Conv2d(dim, dim, 1)
+        self.sp_k = Conv1x1(dim, dim)
+        self.sp_v = Conv1x1(dim, dim)
+        self.sp_o = Conv1x1(dim, dim)
         self.ref_norm = LayerNorm2d(dim)
         # robustness perceptron
-        self.rp_q = nn.Conv2d(dim, dim, 1)
-        self.rp_k = nn.Conv2d(dim, dim, 1)
-        self.rp_v = nn.Conv2d(dim, dim, 1)
-        self.rp_o = nn.Conv2d(dim, dim, 1)
+        self.rp_q = Conv1x1(dim, dim)
+        self.rp_k = Conv1x1(dim, dim)
+        self.rp_v = Conv1x1(dim, dim)
+        self.rp_o = Conv1x1(dim, dim)
         self.out_norm = LayerNorm2d(dim)
 
     def _per_modality(self, conv: nn.Module, z: Tensor) -> Tensor:
@@ -146,7 +146,7 @@ class ConcatFusion(nn.Module):
     def __init__(self, modalities: Sequence[str], dim: int, num_classes: int, num_heads: int) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
-        self.mix = nn.Sequential(nn.Conv2d(dim * len(self.modalities), dim, 1), LayerNorm2d(dim))
+        self.mix = nn.Sequential(Conv1x1(dim * len(self.modalities), dim), LayerNorm2d(dim))
 
     def forward(self, names: Sequence[str], feats: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         b, _, c, h, w = feats.shape

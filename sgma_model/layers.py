@@ -7,6 +7,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1x1 conv, ``weight`` (out, in, 1, 1): on a channels-last input one GEMM per sample over its pixels,
+    so the output stays channels-last and no layout copy is made.
+
+    The encoder's and the fusion's LayerNorms leave their outputs channels-last (a permuted view); a 1x1
+    ``conv2d`` on one CPU thread would copy each to NCHW first. Per sample, so a sample's result does not
+    depend on the batch it is in (bitwise).
+    """
+    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.conv2d(x, weight, bias)
+    w = weight[:, :, 0, 0]
+    if x.shape[0] == 1:
+        return F.linear(x.permute(0, 2, 3, 1), w, bias).permute(0, 3, 1, 2)
+    y = torch.stack([F.linear(xi.permute(1, 2, 0), w, bias) for xi in x])  # (B, H, W, out)
+    return y.permute(0, 3, 1, 2)
+
+
+class Conv1x1(nn.Conv2d):
+    """``nn.Conv2d(in, out, 1)`` (same parameters and state dict) that runs :func:`pointwise`."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise(x, self.weight, self.bias)
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel axis of a (B, C, H, W) tensor, per pixel.
 
