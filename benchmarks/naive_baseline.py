@@ -43,14 +43,13 @@ def run_naive(catalog: str, aoi: str, start: str, end: str, out: str, *, model: 
     from sgma_batch.read import read_modality
     from sgma_batch.run import RunSpec, _prepare
     from sgma_batch.sensors import get_profile
-    from sgma_model import load_checkpoint
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     spec = RunSpec(aoi=aoi, out=out + ".unused", start=start, end=end, catalog=catalog, model=model,
                    tile_px=tile_px, halo_px=halo_px)
     prep = _prepare(spec)
-    net, card = load_checkpoint(prep.model_path, map_location="cpu")
+    net, card = prep.loaded.result()  # loaded by _prepare while it searched (as sgma-batch does)
     net.eval()
     h, w = prep.geobox.shape.yx
     k = len(card.classes)

@@ -97,7 +97,6 @@ def run_dask(catalog: str, aoi: str, start: str, end: str, out: str, *, model: s
     from sgma_batch.colocate import plan_cell
     from sgma_batch.run import RunSpec, _prepare
     from sgma_batch.sensors import get_profile
-    from sgma_model import load_checkpoint
 
     t0 = time.perf_counter()
     spec = RunSpec(aoi=aoi, out=out + ".unused", start=start, end=end, catalog=catalog, model=model,
@@ -105,7 +104,7 @@ def run_dask(catalog: str, aoi: str, start: str, end: str, out: str, *, model: s
     prep = _prepare(spec)
     ranked = plan_cell(prep.aoi.geometry, prep.scenes, prep.start, prep.end).candidates
     reranked = sum(_ranked_differently(t.scenes, ranked) for t in prep.tasks)
-    net, card = load_checkpoint(prep.model_path, map_location="cpu")
+    net, card = prep.loaded.result()  # loaded by _prepare while it searched (as sgma-batch does)
     net.eval()
     items = _stac_items(prep.catalog, {s.id for v in ranked.values() for s in v})
     chunks = {"x": tile_px, "y": tile_px}
