@@ -432,10 +432,18 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False,
 
 
 def release_lock(store: str | Path) -> None:
-    """Remove the lock if this process holds it (a lock taken over by someone else is left alone)."""
-    holder = read_lock(store)
-    if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        _delete(lock_path(store))
+    """Remove the lock if this process holds it (a lock taken over by someone else is left alone).
+
+    A lock that cannot be removed (the object store unreachable, the volume gone) is logged, not raised: it
+    must not hide the error that ended the run; the next run reports it stale (``--break-lock``).
+    """
+    try:
+        holder = read_lock(store)
+        if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
+            _delete(lock_path(store))
+    except OSError as exc:
+        log.warning("could not remove the run lock %s (%s); the next run reports it stale: pass --break-lock",
+                    lock_path(store), exc.strerror or exc)
 
 
 @contextmanager

@@ -64,6 +64,7 @@ __all__ = [
     "read_many",
     "user_location",
     "write_bytes",
+    "write_errors",
     "write_json",
     "zarr_store",
 ]
@@ -378,6 +379,29 @@ def as_oserror(loc: Loc) -> Iterator[None]:
         if type(exc).__module__.startswith("obstore"):
             raise _oserror(str(loc), exc) from None
         raise
+
+
+@contextlib.contextmanager
+def write_errors(loc: Loc) -> Iterator[None]:
+    """Writing the store ``loc``: on object storage, a failed request inside the block (endpoint down,
+    bucket gone, credentials expired) becomes one :class:`~sgma_batch.errors.StoreUnwritableError` line
+    (exit 41) naming the store. Local paths are left to the file-system handling as before."""
+    if isinstance(loc, Path):
+        yield
+        return
+    from sgma_batch.errors import SgmaError, StoreUnwritableError
+
+    try:
+        yield
+    except SgmaError:
+        raise
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or type(exc).__module__.startswith("obstore")):
+            raise
+        err = _oserror(str(loc), exc)
+        raise StoreUnwritableError(
+            f"cannot write the store {loc}: {err.strerror or err}; committed tiles are kept: check the endpoint, "
+            "the bucket and the credentials, then rerun the same command") from None
 
 
 def user_location(value: str | os.PathLike[str], flag: str = "--out") -> Loc:

@@ -19,11 +19,18 @@ def finish_store(path: str | Path, layout: StoreLayout, *, footprint: Any = None
     Args:
         footprint: the AOI as an odc-geo Geometry in EPSG:4326 (default: the grid's extent).
     """
+    from sgma_batch import storage
+
+    path = storage.location(path)  # a path or an s3:// gs:// az:// URL: everything below goes to the store
+    with storage.write_errors(path):  # a failed object-store request: one line, exit 41
+        return _finish(path, layout, footprint)
+
+
+def _finish(path: Path | str, layout: StoreLayout, footprint: Any) -> dict[str, Any]:
     import zarr
 
     from sgma_batch import storage
 
-    path = storage.location(path)  # a path or an s3:// gs:// az:// URL: everything below goes to the store
     factors = _write_overviews(path, layout)
     store = storage.zarr_store(path)
     root = zarr.open_group(store, mode="r+", use_consolidated=False)

@@ -35,7 +35,18 @@ def _check_region(region: tuple[slice, slice], layout: StoreLayout) -> None:
 
 
 def write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slice], arrays: TileArrays) -> None:
-    """Write one tile core's arrays into exactly its own chunk of every variable."""
+    """Write one tile core's arrays into exactly its own chunk of every variable.
+
+    On object storage a failed request (endpoint down, credentials expired) raises StoreUnwritableError: the
+    run reports it in one line (exit 41) and keeps the committed tiles.
+    """
+    from sgma_batch import storage
+
+    with storage.write_errors(storage.location(path)):
+        _write_tile(path, layout, region, arrays)
+
+
+def _write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slice], arrays: TileArrays) -> None:
     import zarr
 
     _check_region(region, layout)
@@ -107,7 +118,8 @@ def commit_tile(path: str | Path, record: TileRecord) -> None:
     directory = storage.join(storage.location(path), MANIFEST_DIR)
     if isinstance(directory, Path):
         directory.mkdir(exist_ok=True)
-    _atomic_write(storage.join(directory, f"{record.tile_id}.json"), record.to_json())
+    with storage.write_errors(storage.location(path)):
+        _atomic_write(storage.join(directory, f"{record.tile_id}.json"), record.to_json())
 
 
 def read_manifest(path: str | Path) -> dict[str, TileRecord]:

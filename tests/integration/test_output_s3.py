@@ -269,7 +269,7 @@ def test_bad_output_urls_fail_with_one_line_and_create_nothing(archive, checkpoi
 
 def test_reprocess_into_an_s3_store_template(archive, checkpoint, local_ref, s3, s3_env, tmp_path):
     spec = {
-        "catalog": str(archive), "model": str(checkpoint), "executor": "sequential", "threads": 1, **TILING,
+        "catalog": str(archive), "model": str(checkpoint), "executor": "local", "threads": 1, **TILING,  # threads
         "aois": [{"name": "site", "bbox": [float(f"{v:.6f}") for v in run_archive.aoi_lonlat()]}],
         "periods": [{"start": "2024-06-01", "end": "2024-06-30", "name": "2024-06"}],
         "stores": [{"name": "maps", "path": f"s3://{BUCKET}/monthly/{{aoi}}/{{period}}.zarr"}],
@@ -324,3 +324,44 @@ def test_chips_and_training_checkpoints_on_s3(s3, s3_env, tmp_path):
     assert card.model_hash == result.model_hash and card.training["data"]["chips"] == url
     assert storage.list_names(ckpt) == ["card.json", "model.safetensors"]
     assert storage.has_children(f"s3://{BUCKET}/runs/s3") and not (tmp_path / "runs").exists()
+
+
+def test_the_endpoint_going_away_mid_run_is_one_line_exit_41(archive, checkpoint, tmp_path):
+    """The S3 server process dies while a run writes to it: one line, exit 41, no traceback."""
+    import boto3
+    from servers import S3_KEY_ID, S3_REGION, S3_SECRET, _wait_http, free_port
+
+    port = free_port()
+    moto = str(Path(sys.executable).parent / "moto_server")
+    with open(tmp_path / "moto.log", "w") as log:
+        server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/moto-api/", server, 60, tmp_path / "moto.log")
+        boto3.client("s3", endpoint_url=url, aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
+                     region_name=S3_REGION).create_bucket(Bucket=BUCKET)
+        env = {"AWS_ENDPOINT_URL": url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+               "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": S3_REGION}
+        out = f"s3://{BUCKET}/gone.zarr"
+        proc = subprocess.Popen(rh.cli_args(*_run_args(archive, checkpoint, out)), env=rh.cli_env(env), cwd=rh.REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        old = dict(os.environ)
+        os.environ.update(env)
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                if storage.list_names(f"{out}/manifest", suffix=".json"):
+                    break
+                time.sleep(0.05)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        server.kill()  # the endpoint is gone: every later request is refused
+        server.wait(timeout=30)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert proc.returncode == 41, err[-3000:]
+    line = rh.one_line_error(err)
+    assert line.startswith(f"error: cannot write the store {out}: ") and "rerun the same command" in line, line
