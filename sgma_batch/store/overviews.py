@@ -38,9 +38,8 @@ def _write_overviews(path: Path | str, layout: StoreLayout) -> list[int]:
     Level ``f`` holds the full-resolution pixel ``f * i + f // 2`` at index ``i``. One pass over blocks of
     ``_OVERVIEW_UNIT`` x ``_OVERVIEW_UNIT`` full-resolution chunks in Z order: an overview chunk of level ``f``
     covers ``f x f`` chunks, which Z order visits one after another, so each level keeps only the overview
-    block being filled (memory O(tile) per level), every full-resolution chunk is decoded once (the old
-    writer decoded it once per level: 4.4 s for the 4 levels of 1024 km², now 2.2 s, half of it creating the
-    levels' templates), and every overview chunk is written once.
+    block being filled (memory O(tile) per level), every full-resolution chunk is decoded once whatever the
+    number of levels, and every overview chunk is written once (timings: docs/performance.md).
     ``probability`` has none: the quicklooks need class, confidence and robustness only.
     """
     import zarr
