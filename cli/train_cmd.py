@@ -75,7 +75,7 @@ def chips(
             raise UsageError("give --labels or --labels-collection, not both")
         path = chiplib.export_chips(
             catalog=catalog, aoi=aoi, start=start, end=end, labels=labels, labels_collection=labels_collection,
-            labels_asset=labels_asset, out=out, chip_px=chip_px,
+            labels_asset=labels_asset, label_map=label_map, label_nodata=label_nodata, out=out, chip_px=chip_px,
             block_px=block_px, guard_px=guard_px, seed=seed, overwrite=overwrite,
         )
     store = chiplib.ChipStore(path)

@@ -598,6 +598,8 @@ def export_chips(
     labels_collection: str | None = None,
     labels_asset: str = "labels",
     classes: Sequence[Mapping[str, str]] | None = None,
+    label_map: Any = None,
+    label_nodata: float | None = None,
     modalities: Sequence[str] = ("s2", "s1", "dem"),
     chip_px: int = 64,
     block_px: int = 144,
@@ -620,6 +622,9 @@ def export_chips(
             (``labels_asset``) over the AOI is the label raster (:func:`find_label_item`).
         classes: [{name, color}] of the label ids; default the label item's ``classification:classes``,
             else the synthetic archive's classes.
+        label_map: ``"0:dry,1:water,-1:nodata"`` (or a :class:`sgma_batch.chip_files.LabelMap`): label values
+            -> classes (its classes replace ``classes``); values it does not name are an error.
+        label_nodata: label value meaning "no label" with ``label_map`` (default: the raster's nodata tag).
     """
     import rasterio
     from rasterio.windows import Window
@@ -641,6 +646,11 @@ def export_chips(
         classes = classes if classes is not None else found.classes
     if labels is None:
         raise ChipStoreError("give a label raster (labels=) or a STAC label collection (labels_collection=)")
+    if label_map is not None:
+        from sgma_batch.chip_files import LabelMap
+
+        label_map = label_map if isinstance(label_map, LabelMap) else LabelMap.parse(str(label_map))
+        classes = list(label_map.classes)
     if classes is None:
         from sgma_batch.synthetic import CLASSES
 
@@ -677,6 +687,9 @@ def export_chips(
                     arrays[m] = np.zeros((len(MODALITY_BANDS[m]), *block.shape), np.float32)
                     masks[m] = np.zeros(block.shape, bool)
             label = lsrc.read(1, window=Window(c_off + c0, r_off + r0, block_px, block_px))
+            if label_map is not None:
+                nd = label_nodata if label_nodata is not None else lsrc.nodata
+                label = label_map.apply(label, [nd], str(labels))
             samples = []
             for win in wins:
                 sl = (slice(win.row - r0, win.row - r0 + chip_px), slice(win.col - c0, win.col - c0 + chip_px))
