@@ -158,6 +158,10 @@ def register(app: typer.Typer) -> None:
             None, "--label-map", help="Label value -> store class name, e.g. '0:dry,1:water,-1:nodata' (nodata = not "
             "scored; names the store lacks count as 'other')."
         ),
+        verify: bool = typer.Option(
+            False, "--verify", help="Check every committed tile's chunks against its record's sha256 (exit 43 if any "
+            "is missing or changed; rerun the same `run` to recompute them)."
+        ),
     ) -> None:
         """Summarise a store's manifest: tiles per status (and agreement with labels, with --labels)."""
         from sgma_batch.agreement import label_agreement
@@ -189,6 +193,17 @@ def register(app: typer.Typer) -> None:
                     pa, ua = c["producer"], c["user"]
                     typer.echo(f"  {name:<10} truth {c['truth']:>8}  producer "
                                f"{'n/a' if pa is None else f'{pa:.1%}':>6}  user {'n/a' if ua is None else f'{ua:.1%}':>6}")
+        if verify:
+            from sgma_batch.store import read_manifest
+            from sgma_batch.verify import tile_problems
+
+            bad = {t: p for t, rec in sorted(read_manifest(store).items()) if rec.done
+                   for p in [tile_problems(store, rec)] if p}
+            if bad:
+                first = next(iter(bad))
+                raise StoreCorruptError(
+                    f"{store}: {len(bad)} committed tile(s) have missing or changed chunks (e.g. {first}: "
+                    f"{', '.join(bad[first])}); rerun the same `sgma-batch run` command to recompute them")
         raise typer.Exit(3 if counts.get("failed") or counts.get("degraded") else 0)
 
     @app.command("quicklook")

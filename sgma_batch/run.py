@@ -335,7 +335,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
             created, done = True, {}
         else:
             created = open_or_create_store(spec.out, layout, provenance)
-            done = tile_records_done(read_manifest(spec.out), tasks)
+            done = _reusable(spec.out, tasks)  # hash matches and chunks as recorded
         todo = [t for t in tasks if t.tile_id not in done]
         context = context_tiles(tasks, todo, spec.window_px)
         log.info("%d tiles: %d reused, %d to compute (%d more forwarded for their borders)", len(tasks), len(done),
@@ -508,7 +508,7 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
     prep = _prepare(spec)
     tasks = prep.tasks
     exists = check_store(spec.out, prep.layout)
-    done = tile_records_done(read_manifest(spec.out), tasks) if exists else set()
+    done = _reusable(spec.out, tasks) if exists else set()
     todo = [t for t in tasks if t.tile_id not in done]
     tiles_with = {m: sum(1 for t in tasks if t.scenes.get(m)) for m in prep.card.modality_names}
     signatures: dict[str, int] = {}
@@ -618,7 +618,17 @@ def _has_work(out: str, layout: Any, tasks: list[Any]) -> bool:
 
     if not check_store(out, layout):
         return True
-    return len(tile_records_done(read_manifest(out), tasks)) < len(tasks)
+    return len(_reusable(out, tasks)) < len(tasks)
+
+
+def _reusable(out: str, tasks: list[Any]) -> set[str]:
+    """Tiles a rerun reuses: a done record with the task's content hash, and its chunks as the record's
+    checksums say (a deleted or changed chunk is recomputed; sgma_batch/verify.py)."""
+    from sgma_batch.store import read_manifest, tile_records_done
+    from sgma_batch.verify import verified_done
+
+    manifest = read_manifest(out)
+    return verified_done(out, manifest, tile_records_done(manifest, tasks))
 
 
 def _ray_connected() -> bool:

@@ -113,6 +113,9 @@ def _atomic_write_json(target: Path | str, obj: Mapping[str, Any]) -> None:
 
 def commit_tile(path: str | Path, record: TileRecord) -> None:
     """Commit a tile: write its manifest record atomically, after its data (on object storage: one PUT)."""
+    from sgma_batch.verify import with_chunk_digests
+
+    record = with_chunk_digests(path, record)  # the written chunks' sha256: a rerun reuses them only if they match
     from sgma_batch import storage
 
     directory = storage.join(storage.location(path), MANIFEST_DIR)

@@ -56,6 +56,9 @@ class TileRecord:
         errors: what went wrong, by input (``"s1/s1-a"``), ``"neighbours"`` or ``"tile"``; empty when nothing did.
         timing: None for a failed tile.
         worker: ``host:pid`` of the process that wrote the tile (None for a failed tile).
+        chunks: sha256 of each chunk the tile wrote, by ``"<variable>/<chunk key>"`` (None: no chunk file,
+            all fill value); checked before a rerun reuses the tile (:mod:`sgma_batch.verify`). Empty in
+            records written before checksums existed.
     """
 
     tile_id: str
@@ -70,6 +73,7 @@ class TileRecord:
     timing: TileTiming | None = None
     worker: str | None = None
     schema_version: int = SCHEMA_VERSION
+    chunks: Mapping[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -83,6 +87,9 @@ class TileRecord:
         object.__setattr__(self, "scenes_used", _ids(self.scenes_used))
         object.__setattr__(self, "modalities", tuple(self.modalities))
         object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
+        if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in dict(self.chunks).items()):
+            raise ValueError("chunks must map chunk keys to sha256 strings or null")
+        object.__setattr__(self, "chunks", MappingProxyType(dict(self.chunks)))
 
     @classmethod
     def for_task(cls, task: TileTask, status: TileStatus, **fields: Any) -> TileRecord:
@@ -118,6 +125,7 @@ class TileRecord:
             "timing": None if self.timing is None else {"read_s": self.timing.read_s, "infer_s": self.timing.infer_s,
                                                         "write_s": self.timing.write_s},
             "worker": self.worker,
+            **({"chunks": dict(self.chunks)} if self.chunks else {}),
         }
 
     def to_json(self) -> str:
@@ -155,6 +163,7 @@ class TileRecord:
                                                               float(timing["write_s"])),
                 worker=d.get("worker"),
                 schema_version=SCHEMA_VERSION,
+                chunks=d.get("chunks") or {},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreCorruptError(
