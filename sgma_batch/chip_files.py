@@ -400,7 +400,9 @@ def import_chip_files(
             if not band_names[m.name]:
                 raise ChipStoreError(f"no file of {m.name} and no --bands {m.name}=...: its bands are unknown")
     chips_meta: list[dict[str, Any]] = []
-    existed = Path(out).exists()
+    from sgma_batch import storage
+
+    existed = storage.exists(storage.location(out))  # a path or an s3:// gs:// az:// URL
     writer = ChipWriter(
         out, modalities=band_names, classes=list(label_map.classes), chip_px=chip_px, overwrite=overwrite,
         attrs={"source": {"kind": "files", "modalities": {m.name: m.pattern for m in modalities},
@@ -419,7 +421,10 @@ def import_chip_files(
         if not existed:  # a failed import leaves nothing behind (an --overwrite target is gone either way)
             import shutil
 
-            shutil.rmtree(out, ignore_errors=True)
+            if storage.is_url(str(out)):
+                storage.delete_tree(storage.location(out))
+            else:
+                shutil.rmtree(out, ignore_errors=True)
         raise
 
 
