@@ -80,6 +80,7 @@ class TileInputs:
     scenes_used: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)  # "modality/scene" -> message
     read_s: float = 0.0
+    acquired: Mapping[str, np.ndarray] = field(default_factory=dict)  # {m: (H, W) uint16 days since 1970, 0 none}
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,12 @@ def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
     ``normalise``).
     """
     from sgma_batch.chips import constant_modality
-    from sgma_batch.read import read_modality_report
+    from sgma_batch.read import acquisition_days, read_modality_report
+    from sgma_batch.search import TIMELESS_MODALITIES
     from sgma_batch.sensors import get_profile
 
     t0 = time.perf_counter()
+    acquired: dict[str, np.ndarray] = {}
     inputs: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
     used: dict[str, tuple[str, ...]] = {}
@@ -143,7 +146,9 @@ def read_tile(task: TileTask, card: Any, cfg: InferenceConfig) -> TileInputs:
         x = card.normalise(m, res.data)  # (C, H, W)
         x[:, ~res.valid] = 0.0
         inputs[m], masks[m], used[m] = x, res.valid, res.scenes_used
-    return TileInputs(task, inputs, masks, used, errors, time.perf_counter() - t0)
+        if m not in TIMELESS_MODALITIES:  # the date each pixel's scene was acquired (one order per run)
+            acquired[m] = acquisition_days(res, scenes)
+    return TileInputs(task, inputs, masks, used, errors, time.perf_counter() - t0, acquired)
 
 
 def batch_key(tile: TileInputs) -> tuple[tuple[str, ...], tuple[int, int]]:
@@ -259,8 +264,12 @@ class TileRunner:
         for i, m in enumerate(self.cfg.layout.modalities):
             if m in tile.masks:
                 bits |= tile.masks[m][rows, cols].astype(np.uint8) << i
+        acquired = np.zeros((len(self.cfg.layout.modalities), *bits.shape), np.uint16)
+        for i, m in enumerate(self.cfg.layout.modalities):
+            if m in tile.acquired:
+                acquired[i] = tile.acquired[m][rows, cols]
         return Forwarded(tile.task, {m: tuple(v) for m, v in tile.scenes_used.items()}, dict(tile.errors),
-                         tuple(sorted(tile.inputs)), bits, tile.read_s, forward_s, error)
+                         tuple(sorted(tile.inputs)), bits, tile.read_s, forward_s, error, acquired)
 
     def forward_or_fail(self, tiles: Sequence[TileInputs]) -> list[tuple[Forwarded, dict[tuple[int, int], Any]]]:
         """:meth:`forward` of the tiles with inputs (the others have no parts); a batch that fails is run
@@ -334,7 +343,11 @@ class TileWriter:
         if self.cfg.layout.write_probability:
             p16 = prob.astype(np.float16)
             p16[:, ~valid] = np.nan
-        return TileArrays(cls, conf, mask_bits, rob, p16)
+        acquired = None
+        if fwd.acquired is not None:
+            acquired = fwd.acquired.copy()
+            acquired[:, ~valid] = 0
+        return TileArrays(cls, conf, mask_bits, rob, p16, acquired=acquired)
 
     def write(self, fwd: Forwarded, parts: Sequence[Any]) -> TileRecord:
         """Blend the parts over a tile's core, write its chunk and commit its manifest record; the record.
@@ -412,6 +425,7 @@ class Forwarded:
     read_s: float = 0.0
     forward_s: float = 0.0
     error: str | None = None  # the forward failed: the tile is recorded as failed
+    acquired: np.ndarray | None = None  # (M, h, w) uint16 over the core: acquisition day per modality, 0 none
 
 
 def neighbours(index: tuple[int, int]) -> list[tuple[int, int]]:

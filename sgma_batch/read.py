@@ -57,7 +57,7 @@ from sgma_batch.stac_io import resolve_href
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModalityRead", "clear_dataset_cache", "evict_dataset", "gdal_env_options", "open_dataset",
+__all__ = ["ModalityRead", "acquisition_days", "clear_dataset_cache", "evict_dataset", "gdal_env_options", "open_dataset",
            "read_modality", "read_modality_report"]
 
 # GDAL settings for cloud-optimised GeoTIFFs over HTTP/S3: no directory listings, merged range requests,
@@ -406,6 +406,24 @@ def read_modality_report(
                 valid |= take
                 used.append(scene.id)
     return ModalityRead(data, valid, tuple(used), errors, source)
+
+
+#: The epoch of the ``acquired`` store variable (uint16 days: 0 = none, valid to 2149).
+ACQUISITION_EPOCH = "1970-01-01"
+
+
+def acquisition_days(res: ModalityRead, scenes: Sequence[Scene]) -> np.ndarray:
+    """(H, W) uint16: the acquisition day (days since 1970-01-01, UTC) of the scene each valid pixel of a
+    composite came from, 0 where none did. ``scenes`` are the ranked scenes the composite was read from."""
+    from datetime import date
+
+    epoch = date.fromisoformat(ACQUISITION_EPOCH)
+    days = np.array([0, *((s.datetime.date() - epoch).days for s in scenes)], np.int64).clip(0, 65535).astype(np.uint16)
+    if res.source is None:
+        return np.zeros(res.valid.shape, np.uint16)
+    out = days[res.source.astype(np.int64) + 1]  # source -1 (none) -> 0
+    out[~res.valid] = 0
+    return out
 
 
 def read_modality(

@@ -12,7 +12,11 @@ also its fill value on disk, so a chunk no tile has written yet reads as nodata 
   xarray decodes them to floats in [0, 1]), 255 = nodata: a weight of 0 is a value (an absent modality),
   so nodata needs its own code, and 254 steps keep a weight of 1 exact. uint8 rather than float16
   because the weights are a display/diagnostic quantity and the store is 2x smaller;
-* optional ``probability`` (class, y, x) float16, NaN = nodata.
+* optional ``probability`` (class, y, x) float16, NaN = nodata;
+* ``acquired`` (modality, y, x) uint16, the acquisition date (days since 1970-01-01, CF ``units``) of the
+  scene each pixel of a modality came from, 0 = none (the DEM and absent modalities): a run ranks scenes
+  once for its whole AOI, so this changes where a scene's footprint or valid data ends, never at a tile
+  border. Stores made before it existed have none and are written without it.
 
 Where ``class`` is nodata, every variable is nodata (enforced by :func:`write_tile`).
 
@@ -50,7 +54,8 @@ CLASS_NODATA = 255
 #: Nodata of every map variable: its fill value on disk (Zarr ``fill_value``, v2 and v3), CF ``_FillValue``
 #: and GDAL's nodata. The variables' docs are in the module docstring.
 NODATA: Mapping[str, float] = MappingProxyType(
-    {"class": CLASS_NODATA, "confidence": 0, "modality_mask": 0, "robustness": 255, "probability": float("nan")}
+    {"class": CLASS_NODATA, "confidence": 0, "modality_mask": 0, "robustness": 255, "probability": float("nan"),
+     "acquired": 0}
 )
 #: Robustness is stored as round(weight x 254): 255 stays free for nodata and a weight of 1 stays exact.
 ROBUSTNESS_SCALE = 254
@@ -91,6 +96,7 @@ class TileArrays:
     robustness: np.ndarray  # (M, H, W) uint8
     probability: np.ndarray | None = None  # (K, H, W) float16
     extra: Mapping[str, Any] = field(default_factory=dict)
+    acquired: np.ndarray | None = None  # (M, H, W) uint16 days since 1970-01-01 of each pixel's scene, 0 none
 
 
 def _convention(name: str, uuid: str, description: str) -> dict[str, str]:
@@ -221,6 +227,12 @@ def _template(layout: StoreLayout, attrs: Mapping[str, Any]):
             attrs={"long_name": "SGF fusion weight per modality (robustness map)",
                    "valid_range": [0, ROBUSTNESS_SCALE], **geo},
         ),
+        # one mosaic order per run: where this changes, a scene's footprint or valid data ended, not a tile
+        "acquired": xr.DataArray(
+            full("acquired", (m,), "uint16"), dims=("modality", "y", "x"),
+            attrs={"long_name": "acquisition date of the scene each pixel of a modality came from",
+                   "units": "days since 1970-01-01", "calendar": "proleptic_gregorian", **geo},
+        ),
     }
     coords["modality"] = ("modality", np.array(layout.modalities, dtype=object))  # vlen strings: in the v3 spec
     fmt = layout.zarr_format
@@ -230,6 +242,7 @@ def _template(layout: StoreLayout, attrs: Mapping[str, Any]):
         "modality_mask": {**_fill_encoding("modality_mask", fmt, "uint8"), "chunks": (t, t)},
         "robustness": {**_fill_encoding("robustness", fmt, "uint8"), "scale_factor": 1.0 / ROBUSTNESS_SCALE,
                        "chunks": (m, t, t)},
+        "acquired": {**_fill_encoding("acquired", fmt, "uint16"), "chunks": (m, t, t)},
     }
     if layout.write_probability:
         coords["class_name"] = ("class_name", np.array(names, dtype=object))

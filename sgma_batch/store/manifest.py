@@ -68,6 +68,13 @@ def _write_tile(path: str | Path, layout: StoreLayout, region: tuple[slice, slic
     arr("confidence")[ys, xs] = np.where(nodata, NODATA["confidence"], conf).astype(np.uint8)
     arr("modality_mask")[ys, xs] = np.where(nodata, NODATA["modality_mask"], arrays.modality_mask).astype(np.uint8)
     arr("robustness")[:, ys, xs] = encode_robustness(arrays.robustness, nodata)
+    if arrays.acquired is not None:
+        try:
+            acquired = arr("acquired")
+        except (FileNotFoundError, KeyError, LookupError):  # a store made before the variable existed
+            acquired = None
+        if acquired is not None:
+            acquired[:, ys, xs] = np.where(nodata, NODATA["acquired"], arrays.acquired).astype(np.uint16)
     if layout.write_probability:
         assert arrays.probability is not None
         arr("probability")[:, ys, xs] = np.where(nodata, np.float16(np.nan), arrays.probability).astype(np.float16)

@@ -89,3 +89,31 @@ def test_ranking_per_tile_would_put_a_seam_at_the_border(scenes):
     """The check above can fail: ranking each tile on its own changes the date exactly at the border."""
     row = _date_map(scenes, keep_order=False)[ra.H // 2]
     assert (row[:BORDER] == 5).all() and (row[BORDER:] == 17).all()
+
+
+def test_the_store_holds_the_acquisition_date_map_without_a_tile_border(scenes, tmp_path):
+    """Through ``run``: the ``acquired`` variable (days since 1970 per modality) changes where B's data
+    begins, at no tile border, on every row."""
+    import reliability_helpers as rh
+    import xarray as xr
+
+    from sgma_batch.run import RunSpec, run_mosaic
+
+    catalog = Path(scenes["s2"][0].assets["blue"].href).parent / "items.json"
+    ckpt = rh.make_checkpoint(tmp_path / "ckpt", modalities={"s2": 10})
+    _, (lo0, la0, lo1, la1) = ra._footprint(ra.X0 + 200, ra.Y0 - 200, ra.W - 40, ra.H - 40)
+    out = tmp_path / "order.zarr"
+    s = run_mosaic(RunSpec(aoi=[lo0, la0, lo1, la1], out=str(out), start="2024-06-01", end="2024-06-30",
+                           catalog=str(catalog), model=str(ckpt), tile_px=64, halo_px=16, executor="sequential"))
+    assert s.exit_code == 0 and s.tiles >= 9, s
+    ds = xr.open_zarr(out, decode_coords="all", decode_times=False, mask_and_scale=False)
+    days = ds["acquired"].sel(modality="s2").values.astype(int)  # (y, x)
+    x = ds["x"].values  # pixel centres
+    a_day, b_day = 19879, 19891  # 2024-06-05, 2024-06-17
+    b_edge = ra.X0 + B_X0 * ra.RES
+    inside = days > 0
+    assert set(np.unique(days[inside])) == {a_day, b_day}
+    cols = np.broadcast_to(x, days.shape)
+    assert (days[inside & (cols < b_edge)] == a_day).all() and (days[inside & (cols > b_edge)] == b_day).all()
+    tile_edges = {ds["x"].values[0] - 5 + k * 64 * ra.RES for k in range(1, days.shape[1] // 64 + 1)}
+    assert b_edge not in tile_edges  # the only change is B's edge, and it is no tile border

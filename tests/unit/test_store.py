@@ -189,7 +189,8 @@ def test_fill_values_on_disk_are_the_declared_nodata_and_unwritten_chunks_read_a
     write_tile(path, layout, written.region, _arrays(written, 0))
     root = zarr.open_group(str(path), mode="r")
     assert root.attrs["sgma:nodata"] == {"class": 255, "confidence": 0, "modality_mask": 0, "robustness": 255,
-                                         "probability": None}
+                                         "probability": None, "acquired": 0}
+    assert root["acquired"].fill_value == 0 and root["acquired"].dtype == np.uint16  # days since 1970, 0 none
     unwritten = np.ones(GBOX.shape.yx, bool)
     unwritten[written.region] = False
     raw = open_mosaic(path)
