@@ -204,7 +204,12 @@ def register(app: typer.Typer) -> None:
                 raise StoreCorruptError(
                     f"{store}: {len(bad)} committed tile(s) have missing or changed chunks (e.g. {first}: "
                     f"{', '.join(bad[first])}); rerun the same `sgma-batch run` command to recompute them")
-        raise typer.Exit(3 if counts.get("failed") or counts.get("degraded") else 0)
+        from sgma_batch.verify import unfinished
+
+        why = unfinished(store)
+        if why is not None:  # partial (3): the map is there, the finish step is not current
+            typer.echo(f"{store} is unfinished: {why}; rerun the same `sgma-batch run` command to finish it", err=True)
+        raise typer.Exit(3 if counts.get("failed") or counts.get("degraded") or why else 0)
 
     @app.command("quicklook")
     def quicklook_cmd(

@@ -284,7 +284,7 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
     from sgma_batch.execute import InferenceConfig, execute_local, execute_sequential
     from sgma_batch.execute_ray import execute_ray
     from sgma_batch.metrics import record_tile
-    from sgma_batch.store import finish_store, open_or_create_store, read_manifest, tile_records_done
+    from sgma_batch.store import check_store, finish_store, open_or_create_store, read_manifest, tile_records_done
 
     from contextlib import ExitStack
 
@@ -334,8 +334,9 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
                 open_or_create_store, spec.out, layout, provenance)
             created, done = True, {}
         else:
+            # read-only first: a damaged manifest or an incompatible store is refused before zarr.json changes
+            done = _reusable(spec.out, tasks) if check_store(spec.out, layout) else set()  # hash and chunks match
             created = open_or_create_store(spec.out, layout, provenance)
-            done = _reusable(spec.out, tasks)  # hash matches and chunks as recorded
         todo = [t for t in tasks if t.tile_id not in done]
         context = context_tiles(tasks, todo, spec.window_px)
         log.info("%d tiles: %d reused, %d to compute (%d more forwarded for their borders)", len(tasks), len(done),

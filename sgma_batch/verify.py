@@ -114,3 +114,27 @@ def verified_done(store: str | Path, manifest: Mapping[str, Any], done: set[str]
         log.warning("%d committed tile(s) have missing or changed chunks and are recomputed (e.g. %s: %s)",
                     len(bad), first, ", ".join(bad[first]))
     return done - set(bad)
+
+
+def unfinished(store: str | Path) -> str | None:
+    """Why a local store's finish step (overviews, quicklook, STAC item) is not current, or None.
+
+    ``item.json`` is written last by the finish step; a store without it, or with a tile record committed
+    after it (an interrupted rerun, perhaps with another window or model), has not been finished since its
+    tiles changed. Object-storage stores are not checked (no reliable modification times): None.
+    """
+    if "://" in str(store):
+        return None
+    root = Path(store)
+    item = root / "item.json"
+    records = list((root / "manifest").glob("*.json"))
+    if not records:
+        return None
+    if not item.is_file():
+        return "its finish step never completed (no item.json, overviews or quicklook)"
+    done_at = item.stat().st_mtime
+    newer = sum(1 for r in records if r.stat().st_mtime > done_at)
+    if newer:
+        return (f"{newer} tile(s) were committed after its last finish step (an interrupted run: item.json, "
+                "overviews and root attributes may describe another window or model)")
+    return None

@@ -71,3 +71,35 @@ def test_records_without_checksums_are_reused_as_before(tmp_path):
     s = json.loads(r.stdout)
     assert r.returncode == 0 and s["reused"] == s["tiles"]
     assert rh.cli("status", str(out), "--verify").returncode == 0
+
+
+def test_a_damaged_record_changes_nothing_and_an_unfinished_store_is_reported(tmp_path):
+    catalog = run_archive.build_archive(tmp_path / "archive")
+    model = rh.make_checkpoint(tmp_path / "model")
+    out = tmp_path / "map.zarr"
+    args = _run(catalog, model, out)
+    assert rh.cli(*args).returncode == 0
+    assert rh.cli("status", str(out)).returncode == 0
+    # a damaged record: refused (43) before the root attributes are rewritten
+    record = sorted((out / "manifest").glob("*.json"))[0]
+    good = record.read_bytes()
+    record.write_bytes(good[: len(good) // 2])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = rh.cli(*args)
+    assert r.returncode == 43 and "is not JSON" in rh.one_line_error(r.stderr)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # zarr.json included
+    record.write_bytes(good)
+    # a finish step that did not complete: status says so and exits 3; the rerun finishes it
+    (out / "item.json").unlink()
+    r = rh.cli("status", str(out))
+    assert r.returncode == 3 and "unfinished" in r.stderr and "never completed" in r.stderr
+    assert rh.cli(*args).returncode == 0
+    assert rh.cli("status", str(out)).returncode == 0
+    # a tile committed after the last finish (an interrupted rerun): unfinished again
+    import os
+    import time
+
+    later = time.time() + 5
+    os.utime(record, (later, later))
+    r = rh.cli("status", str(out))
+    assert r.returncode == 3 and "committed after its last finish step" in r.stderr
