@@ -50,10 +50,11 @@ def label_agreement(
     import zarr
     from odc.geo.geobox import GeoBox, GeoboxTiles
 
+    from sgma_batch import storage
     from sgma_batch.read import _read_band
     from sgma_batch.scenes import AssetRef
 
-    root = zarr.open_group(str(path), mode="r")
+    root = zarr.open_group(storage.zarr_store(storage.location(path), read_only=True), mode="r")  # path or URL
     attrs = root.attrs.asdict()
     names = [c["name"] for c in attrs["sgma:classes"]]
     grid = attrs["sgma:grid"]
