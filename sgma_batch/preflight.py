@@ -156,7 +156,7 @@ def check_domain(card: Any, scenes: Mapping[str, Sequence[Scene]], *, allow_doma
 
 def _fix_for(modality: str, collection: str, trained: str) -> str:
     from sgma_batch.search import MODALITY_PREFERENCE
-    from sgma_batch.sensors import list_profiles, get_profile
+    from sgma_batch.sensors import get_profile, list_profiles
 
     profiles = [p for p in list_profiles() if get_profile(p).modality == modality and get_profile(p).product == trained]
     ids = MODALITY_PREFERENCE.get(modality, ())
@@ -303,13 +303,12 @@ def _check_scene_units(scene: Scene, values: np.ndarray) -> None:
                 f"{med:.3f}), the {profile.name} profile reads dB; name a linear profile: "
                 f"--collections s1={scene.collection}:s1-rtc"
             )
-    elif scene.modality == "s2":
-        if float(values.max()) <= 2.0:
-            raise UnitMismatchError(
-                f"s2 scene {scene.id} of {scene.collection} holds reflectance already scaled to 0-1 (max "
-                f"{float(values.max()):.2f}), the {profile.name} profile reads digital numbers (reflectance x "
-                "10000); give the collection's DN assets"
-            )
+    elif scene.modality == "s2" and float(values.max()) <= 2.0:
+        raise UnitMismatchError(
+            f"s2 scene {scene.id} of {scene.collection} holds reflectance already scaled to 0-1 (max "
+            f"{float(values.max()):.2f}), the {profile.name} profile reads digital numbers (reflectance x "
+            "10000); give the collection's DN assets"
+        )
 
 
 def check_scenes(scenes: Mapping[str, Sequence[Scene]], *, card: Any = None, allow_domain_shift: bool = False,

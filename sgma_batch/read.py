@@ -300,8 +300,8 @@ _PERMANENT: tuple[tuple[tuple[str, ...], type[PermanentAssetError], str], ...] =
       "SignatureDoesNotMatch"), AssetAccessDeniedError,
      "access refused (401/403): give credentials (AWS_* variables) or a signer (--signer)"),
     (("Range downloading not supported",), AssetNoRangeError,
-     "the server does not answer HTTP range requests, which reading COGs needs: serve the assets from a "
-     "server or bucket that does"),
+     ("the server does not answer HTTP range requests, which reading COGs needs: serve the assets from a "
+      "server or bucket that does")),
     (("Could not resolve host", "Couldn't resolve host"), AssetHostUnreachableError,
      "unknown host (DNS): check the asset URLs and the network"),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,7 +36,7 @@ class SensorProfile:
     auto_select: ClassVar[bool] = True  # may be chosen from a catalogue's collection list unasked
     #: Canonical band of each file band for multi-band assets whose item names no band, by band count
     #: ("" = a band the profile does not read), e.g. the 13 L1C bands of a Sen1Floods11 S2 chip.
-    file_band_orders: ClassVar[Mapping[int, tuple[str, ...]]] = {}
+    file_band_orders: ClassVar[Mapping[int, tuple[str, ...]]] = MappingProxyType({})
     #: What the scenes are, for the model-card check (``--allow-domain-shift``): processing level and units.
     product: ClassVar[str] = ""
 

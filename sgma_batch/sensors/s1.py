@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ def s1_band_of_asset(key: str, asset: Mapping[str, Any]) -> str | None:
 class _S1Base(SensorProfile):
     modality = "s1"
     bands = S1_BANDS
-    file_band_orders = {2: ("vv", "vh")}
+    file_band_orders = MappingProxyType({2: ("vv", "vh")})
 
     def asset_keys(self, item: Mapping[str, Any]) -> dict[str, str]:
         """Band -> asset key; single-band assets first, then multi-band ones (VV and VH in one file)."""

@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -117,7 +118,7 @@ _L2A_ORDER = tuple(S2_NAME_TO_BAND.get(n, "") for n in S2_L1C_FILE_ORDER if n !=
 class _S2Base(SensorProfile):
     modality = "s2"
     bands = S2_BANDS
-    file_band_orders = {13: _L1C_ORDER, 12: _L2A_ORDER}
+    file_band_orders = MappingProxyType({13: _L1C_ORDER, 12: _L2A_ORDER})
 
     def canonical_band(self, name: str) -> str | None:
         band = S2_NAME_TO_BAND.get(_norm_name(name))

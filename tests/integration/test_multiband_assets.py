@@ -109,9 +109,9 @@ def test_band_of_each_file_band_is_read(served, tmp_path, s1_named):
 
 def test_l1c_for_an_l2a_model_is_a_domain_error_unless_allowed(served, checkpoint, tmp_path):
     catalog = build_catalog(served, tmp_path / "items.json")
-    spec = dict(aoi=_aoi(), out=str(tmp_path / "m.zarr"), start="2019-09-01", end="2019-09-30",
-                catalog=str(catalog), model=str(checkpoint), collections=COLLECTIONS, tile_px=256, halo_px=16,
-                executor="sequential")
+    spec = {"aoi": _aoi(), "out": str(tmp_path / "m.zarr"), "start": "2019-09-01", "end": "2019-09-30",
+            "catalog": str(catalog), "model": str(checkpoint), "collections": COLLECTIONS, "tile_px": 256,
+            "halo_px": 16, "executor": "sequential"}
     with pytest.raises(DomainShiftError) as exc:
         plan_run(RunSpec(**spec), measure=False)
     msg = str(exc.value)

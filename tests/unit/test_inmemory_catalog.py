@@ -23,7 +23,7 @@ def test_in_memory_equals_the_same_items_in_a_file(tmp_path):
     items = _items()
     path = tmp_path / "items.json"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    lon0, lat0, lon1, lat1 = items[0]["bbox"]
+    lon0, lat0, _, _ = items[0]["bbox"]
     aoi = box(lon0 + 0.1, lat0 + 0.1, lon0 + 0.2, lat0 + 0.2)
     mem = InMemoryCatalog(items, name="memory")
     assert mem.collections == ["sentinel-2-c1-l2a"]

@@ -96,3 +96,35 @@ def test_the_level_an_item_states_is_checked_against_the_card():
         check_domain(card, {"s2": [l1c]})
     assert exc.value.exit_code == 35 and "are L1C" in str(exc.value) and "--allow-domain-shift" in str(exc.value)
     assert len(check_domain(card, {"s2": [l1c]}, allow_domain_shift=True)) == 1
+
+
+def test_units_against_the_data():
+    """dB under a linear profile, linear under the dB profile, and S2 reflectance already in 0-1 are unit
+    errors naming the fix; values that fit the profile pass."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+    import pytest
+
+    from sgma_batch.errors import UnitMismatchError
+    from sgma_batch.preflight import _check_scene_units
+    from sgma_batch.scenes import Scene
+
+    def scene(modality: str, sensor: str, linear: bool | None = None) -> Scene:
+        extra = {} if linear is None else {"linear": linear}
+        return Scene(id="x", collection="c", modality=modality, sensor=sensor, datetime=datetime(2024, 1, 1, tzinfo=UTC),
+                     geometry={}, bbox=(0, 0, 1, 1), assets={}, extra=extra)
+
+    rng = np.random.default_rng(0)
+    db = rng.normal(-12, 3, 1000)
+    linear = 10 ** (db / 10)
+    with pytest.raises(UnitMismatchError, match=r"--collections s1=c:s1-db"):
+        _check_scene_units(scene("s1", "s1-rtc", True), db)
+    with pytest.raises(UnitMismatchError, match=r"--collections s1=c:s1-rtc"):
+        _check_scene_units(scene("s1", "s1-db", False), linear)
+    with pytest.raises(UnitMismatchError, match="already scaled to 0-1") as exc:
+        _check_scene_units(scene("s2", "s2-l2a"), rng.uniform(0, 0.6, 1000))
+    assert exc.value.exit_code == 67
+    _check_scene_units(scene("s1", "s1-rtc", True), linear)  # fits: no error
+    _check_scene_units(scene("s1", "s1-db", False), db)
+    _check_scene_units(scene("s2", "s2-l2a"), rng.uniform(100, 6000, 1000))
