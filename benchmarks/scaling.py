@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--base-km", type=float, default=8.0, help="side of the 1x AOI; 4x and 16x double it twice")
     ap.add_argument("--dates", type=int, default=2)
     ap.add_argument("--tile-px", type=int, default=512)
-    ap.add_argument("--halo-px", type=int, default=32)
+    ap.add_argument("--halo-px", type=int, default=16)
     ap.add_argument("--executors", nargs="+", default=["local", "ray-cold"],
                     choices=["local", "ray-cold", "ray-warm", "sequential"])
     ap.add_argument("--model-only", action="store_true",
