@@ -175,84 +175,116 @@ def _xy_attrs(geobox: GeoBox) -> tuple[dict[str, Any], dict[str, Any]]:
              "axis": "Y"})
 
 
-def _fill_encoding(name: str, zarr_format: int, dtype: str) -> dict[str, Any]:
-    """The encoding that puts a variable's nodata on disk: CF ``_FillValue`` and, for Zarr v3 (where xarray
-    keeps the two apart), the array's own ``fill_value``, which GDAL >= 3.11 reads as nodata."""
-    fill = np.dtype(dtype).type(NODATA[name])
-    enc: dict[str, Any] = {"_FillValue": fill, "dtype": dtype}
-    if zarr_format == 3:
-        enc["fill_value"] = fill
-    return enc
+@dataclass(frozen=True)
+class _Var:
+    """One array of the store template: a map variable (``fill``, chunked by tile) or a coordinate (``values``)."""
+
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    attrs: Mapping[str, Any]
+    chunks: tuple[int, ...] | None = None  # None: one chunk
+    fill: Any = None  # on-disk fill value = nodata (map variables)
+    scale: float | None = None  # CF scale_factor (robustness)
+    values: np.ndarray | None = None  # coordinate values, written with the template
 
 
-def _template(layout: StoreLayout, attrs: Mapping[str, Any]):
-    import dask.array as da
-    import xarray as xr
-    from odc.geo.xr import xr_zeros
+def _template_vars(layout: StoreLayout) -> dict[str, _Var]:
+    """Every array of a store of ``layout``: the map variables (empty) and their coordinates.
+
+    The CF/GeoZarr conventions of each variable live here once; :func:`_write_template` writes them.
+    """
+    from pyproj import CRS as ProjCRS
 
     g = layout.geobox
     t = layout.tile_px
-    base = xr_zeros(g, "uint8", chunks=(t, t))
-    x_attrs, y_attrs = _xy_attrs(g)
-    x = base.x.copy()
-    y = base.y.copy()
-    x.attrs = {**x.attrs, **x_attrs}
-    y.attrs = {**y.attrs, **y_attrs}
-    coords = {"y": y, "x": x, "spatial_ref": base.spatial_ref}
-    geo = {**_geozarr_attrs(g), "grid_mapping": "spatial_ref"}
+    h, w = g.shape.yx
     m, k = len(layout.modalities), len(layout.classes)
     names = [c[0] for c in layout.classes]
-
-    def full(name: str, lead: tuple[int, ...], dtype: str):
-        return da.full((*lead, *g.shape.yx), NODATA[name], dtype=dtype, chunks=(*lead, t, t))
-
-    data = {
-        "class": xr.DataArray(
-            full("class", (), "uint8"), dims=("y", "x"),
-            attrs={"long_name": "land-cover class id", "flag_values": list(range(k)), "flag_meanings": " ".join(names),
-                   "flag_colors": [c[1] for c in layout.classes], **geo},
-        ),
-        "confidence": xr.DataArray(
-            full("confidence", (), "uint8"), dims=("y", "x"),
-            attrs={"long_name": "max blended class probability x 255", "valid_range": [1, 255], **geo},
-        ),
-        "modality_mask": xr.DataArray(
-            full("modality_mask", (), "uint8"), dims=("y", "x"),
-            attrs={"long_name": "bit m set where modality m was present", "flag_masks": [1 << i for i in range(m)],
-                   "flag_meanings": " ".join(layout.modalities), **geo},
-        ),
-        "robustness": xr.DataArray(
-            # decoded floats: what a CF reader sees after scale_factor (the stored uint8 fill is 255)
-            da.full((m, *g.shape.yx), np.nan, dtype="float32", chunks=(m, t, t)), dims=("modality", "y", "x"),
-            attrs={"long_name": "SGF fusion weight per modality (robustness map)",
-                   "valid_range": [0, ROBUSTNESS_SCALE], **geo},
-        ),
+    geo = {**_geozarr_attrs(g), "grid_mapping": "spatial_ref"}
+    x_attrs, y_attrs = _xy_attrs(g)
+    # the coordinates odc-geo gives a GeoBox (odc.geo.xr.xr_coords), with the CF attributes on top
+    crs_attrs = ProjCRS.from_user_input(g.crs.wkt).to_cf()
+    crs_attrs["GeoTransform"] = " ".join(f"{v:.24f}".rstrip("0").rstrip(".") for v in g.transform.to_gdal())
+    crs = g.crs
+    coord_ref = str(crs.epsg and f"EPSG:{crs.epsg}" or crs.wkt)
+    xs, ys = g.coordinates["x"], g.coordinates["y"]
+    out: dict[str, _Var] = {
+        "y": _Var(("y",), (h,), "float64", {"units": ys.units, "resolution": ys.resolution, "crs": coord_ref,
+                                             **y_attrs}, values=np.asarray(ys.values, "float64")),
+        "x": _Var(("x",), (w,), "float64", {"units": xs.units, "resolution": xs.resolution, "crs": coord_ref,
+                                             **x_attrs}, values=np.asarray(xs.values, "float64")),
+        "spatial_ref": _Var((), (), "int32", {"spatial_ref": crs_attrs.get("crs_wkt") or crs.wkt, **crs_attrs},
+                            values=np.asarray(crs.epsg or 0, "int32")),
+        "modality": _Var(("modality",), (m,), "str", {}, values=np.array(layout.modalities, dtype=object)),
+        "class": _Var(("y", "x"), (h, w), "uint8", {
+            "long_name": "land-cover class id", "flag_values": list(range(k)), "flag_meanings": " ".join(names),
+            "flag_colors": [c[1] for c in layout.classes], **geo}, (t, t), NODATA["class"]),
+        "confidence": _Var(("y", "x"), (h, w), "uint8", {
+            "long_name": "max blended class probability x 255", "valid_range": [1, 255], **geo}, (t, t),
+            NODATA["confidence"]),
+        "modality_mask": _Var(("y", "x"), (h, w), "uint8", {
+            "long_name": "bit m set where modality m was present", "flag_masks": [1 << i for i in range(m)],
+            "flag_meanings": " ".join(layout.modalities), **geo}, (t, t), NODATA["modality_mask"]),
+        "robustness": _Var(("modality", "y", "x"), (m, h, w), "uint8", {
+            "long_name": "SGF fusion weight per modality (robustness map)", "valid_range": [0, ROBUSTNESS_SCALE],
+            **geo}, (m, t, t), NODATA["robustness"], scale=1.0 / ROBUSTNESS_SCALE),
         # one mosaic order per run: where this changes, a scene's footprint or valid data ended, not a tile
-        "acquired": xr.DataArray(
-            full("acquired", (m,), "uint16"), dims=("modality", "y", "x"),
-            attrs={"long_name": "acquisition date of the scene each pixel of a modality came from",
-                   "units": "days since 1970-01-01", "calendar": "proleptic_gregorian", **geo},
-        ),
-    }
-    coords["modality"] = ("modality", np.array(layout.modalities, dtype=object))  # vlen strings: in the v3 spec
-    fmt = layout.zarr_format
-    encoding: dict[str, dict[str, Any]] = {
-        "class": {**_fill_encoding("class", fmt, "uint8"), "chunks": (t, t)},
-        "confidence": {**_fill_encoding("confidence", fmt, "uint8"), "chunks": (t, t)},
-        "modality_mask": {**_fill_encoding("modality_mask", fmt, "uint8"), "chunks": (t, t)},
-        "robustness": {**_fill_encoding("robustness", fmt, "uint8"), "scale_factor": 1.0 / ROBUSTNESS_SCALE,
-                       "chunks": (m, t, t)},
-        "acquired": {**_fill_encoding("acquired", fmt, "uint16"), "chunks": (m, t, t)},
+        "acquired": _Var(("modality", "y", "x"), (m, h, w), "uint16", {
+            "long_name": "acquisition date of the scene each pixel of a modality came from",
+            "units": "days since 1970-01-01", "calendar": "proleptic_gregorian", **geo}, (m, t, t),
+            NODATA["acquired"]),
     }
     if layout.write_probability:
-        coords["class_name"] = ("class_name", np.array(names, dtype=object))
-        data["probability"] = xr.DataArray(
-            full("probability", (k,), "float16"), dims=("class_name", "y", "x"),
-            attrs={"long_name": "blended class probability", **geo},
-        )
-        encoding["probability"] = {**_fill_encoding("probability", fmt, "float16"), "chunks": (k, t, t)}
-    ds = xr.Dataset(data, coords=coords, attrs=dict(attrs))
-    return ds, encoding
+        out["class_name"] = _Var(("class_name",), (k,), "str", {}, values=np.array(names, dtype=object))
+        out["probability"] = _Var(("class_name", "y", "x"), (k, h, w), "float16", {
+            "long_name": "blended class probability", **geo}, (k, t, t), NODATA["probability"])
+    return out
+
+
+def _write_template(store: Any, layout: StoreLayout, attrs: Mapping[str, Any], *, group: str | None = None,
+                    only: Sequence[str] | None = None) -> None:
+    """Create the store template with zarr: root attributes, coordinates, and the map variables (``only``
+    these, with the coordinates they use) unwritten, so every chunk reads as nodata until a tile writes it.
+
+    The metadata is what xarray's ``to_zarr(compute=False)`` writes for the same arrays (CF ``_FillValue``,
+    ``scale_factor``, ``coordinates``, dimension names; tests/unit/test_store_template.py compares the two),
+    without importing xarray, pandas and dask on the way to the first tile (~2.5 CPU s here).
+    """
+    import zarr
+
+    fmt = layout.zarr_format
+    arrays = _template_vars(layout)
+    if only is not None:
+        used = {d for name in only for d in arrays[name].dims} | {"spatial_ref"}
+        arrays = {n: v for n, v in arrays.items() if n in only or n in used}
+    root = zarr.open_group(store, mode="w", path=group or "", zarr_format=fmt, attributes=dict(attrs))
+    nan64 = "AAAAAAAA+H8="  # xarray's v3 _FillValue attribute for a float NaN (base64 of a float64 NaN)
+    for name, v in arrays.items():
+        attrs_v = dict(v.attrs)
+        if v.values is None:  # a map variable
+            attrs_v["coordinates"] = "spatial_ref"
+            if v.scale is not None:
+                attrs_v["scale_factor"] = v.scale
+            fill = np.dtype(v.dtype).type(v.fill)
+            if fmt == 3:
+                attrs_v["_FillValue"] = nan64 if np.isnan(fill) else int(fill)
+        elif v.dtype == "float64":
+            fill = np.float64("nan")
+            if fmt == 3:
+                attrs_v["_FillValue"] = nan64
+        else:
+            fill = None
+        dtype: Any = str if v.dtype == "str" else v.dtype  # variable-length UTF-8 (v2: the vlen-utf8 filter)
+        kw: dict[str, Any] = {"dimension_names": list(v.dims)} if fmt == 3 else {}
+        if fmt == 2:
+            attrs_v["_ARRAY_DIMENSIONS"] = list(v.dims)
+        arr = root.create_array(name, shape=v.shape, chunks=v.chunks or v.shape, dtype=dtype,
+                                fill_value=fill if fill is not None else (None if fmt == 2 else 0 if v.dtype != "str"
+                                                                          else ""),
+                                attributes=attrs_v, **kw)
+        if v.values is not None:
+            arr[...] = v.values
 
 
 def _root_attrs(layout: StoreLayout, provenance: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,11 +391,9 @@ def open_or_create_store(path: str | Path, layout: StoreLayout, provenance: Mapp
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnwritableError(f"cannot create {path.parent} ({exc.strerror}); choose a writable --out") from None
-    ds, encoding = _template(layout, attrs)
     try:
         with storage.as_oserror(path):
-            ds.to_zarr(storage.zarr_store(path), mode="w", compute=False, consolidated=False,
-                       zarr_format=layout.zarr_format, encoding=encoding)
+            _write_template(storage.zarr_store(path), layout, attrs)
     except OSError as exc:
         if isinstance(path, Path):
             raise
@@ -384,6 +414,7 @@ def open_mosaic(path: str | Path, *, group: str | None = None) -> Any:
     ``spatial_ref`` is a coordinate, so ``ds.rio.crs`` / ``ds.rio.transform()`` and ``ds.odc.geobox`` work.
     The same call by hand: ``xr.open_zarr(path, decode_coords="all", mask_and_scale=False)``.
     """
+    import odc.geo.xr  # noqa: F401 - registers the ``.odc`` accessor
     import xarray as xr
 
     with warnings.catch_warnings():  # a store still being written has no consolidated metadata yet

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from sgma_batch.grid import morton_key
-from sgma_batch.store.layout import NODATA, StoreLayout, _geozarr_attrs, _quiet_zarr, _template
+from sgma_batch.store.layout import NODATA, StoreLayout, _geozarr_attrs, _quiet_zarr, _write_template
 
 
 def _overview_levels(layout: StoreLayout) -> list[int]:
@@ -58,12 +58,8 @@ def _write_overviews(path: Path | str, layout: StoreLayout) -> list[int]:
     for f in factors:
         gb = layout.geobox.zoom_out(f)
         sub = StoreLayout(gb, layout.tile_px, layout.classes, layout.modalities, False, layout.zarr_format)
-        ds, encoding = _template(sub, {"sgma:overview_factor": f, "sgma:nodata": {k: int(NODATA[k]) for k in _OVERVIEW_FILL},
-                                       **_geozarr_attrs(gb)})
-        ds = ds[list(_OVERVIEW_FILL)]
-        encoding = {k: encoding[k] for k in _OVERVIEW_FILL}
-        ds.to_zarr(store, group=f"overviews/{f}", mode="w", compute=False, consolidated=False,
-                   zarr_format=layout.zarr_format, encoding=encoding)
+        _write_template(store, sub, {"sgma:overview_factor": f, "sgma:nodata": {k: int(NODATA[k]) for k in _OVERVIEW_FILL},
+                                     **_geozarr_attrs(gb)}, group=f"overviews/{f}", only=list(_OVERVIEW_FILL))
         dst[f] = zarr.open_group(store, path=f"overviews/{f}", mode="r+", use_consolidated=False)
         shapes[f] = gb.shape.yx
     lead = {name: src[name].shape[:-2] for name in _OVERVIEW_FILL}
