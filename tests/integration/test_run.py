@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import odc.geo.xr  # noqa: F401 - registers the .odc accessor used below
 import pytest
 import xarray as xr
 import zarr

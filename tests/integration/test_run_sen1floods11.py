@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import odc.geo.xr  # noqa: F401 - registers the .odc accessor used below
 import pytest
 import rasterio
 import xarray as xr
