@@ -39,10 +39,30 @@ def info(
         typer.echo(json.dumps(mlm_item(checkpoint), indent=2))
         return
     card = read_card(checkpoint)
+    _check_weights(checkpoint, card.weights_sha256)
     if as_json:
         typer.echo(json.dumps(card.to_dict(), indent=2))
         return
     typer.echo(card.summary())
+
+
+def _check_weights(checkpoint: str, sha256: str | None) -> None:
+    """The weights file beside a local card exists and has the card's sha256 (CardMismatchError, 31), as
+    ``load_checkpoint`` checks: ``info`` must not describe weights that are not there."""
+    from pathlib import Path
+
+    from sgma_model.checkpoint import WEIGHTS_FILE, _sha256_file
+    from sgma_model.errors import CardMismatchError, CheckpointError
+
+    if "://" in checkpoint:
+        return  # object storage: load_checkpoint verifies when the weights are fetched
+    base = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    weights = base / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {checkpoint}; give a checkpoint directory written by "
+                              "save_checkpoint")
+    if sha256 is not None and _sha256_file(weights) != sha256:
+        raise CardMismatchError(f"{weights} does not match the sha256 in its card; the files come from different saves")
 
 
 def register(app: typer.Typer) -> None:

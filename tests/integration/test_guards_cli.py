@@ -329,3 +329,16 @@ def test_status_labels_and_quicklook_on_wrong_inputs(world, unchanged, tmp_path)
     _refused(rh.cli("status", str(world["store"]), "--labels", str(tmp_path / "nope.tif")), 60, "does not exist")
     _refused(rh.cli("quicklook", str(world["catalog"].parent), "--png", str(tmp_path / "q.png")), 43, "cannot use store")
     _refused(rh.cli("quicklook", str(world["store"]), "--png", str(tmp_path)), 2, ".png")
+
+
+def test_model_info_checks_the_weights_hash(world, tmp_path):
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(world["model"], tampered)
+    with open(tampered / "model.safetensors", "ab") as fh:
+        fh.write(b"x")
+    _refused(rh.cli("model", "info", str(tampered)), 31, "does not match the sha256")
+    (tampered / "model.safetensors").unlink()
+    _refused(rh.cli("model", "info", str(tampered)), 30, "no model.safetensors")
+    assert rh.cli("model", "info", str(world["model"])).returncode == 0
