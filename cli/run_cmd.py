@@ -250,7 +250,12 @@ def _print_plan(plan: object, as_json: bool) -> None:
         f"{d['store']}: {d['tiles']} tiles ({d['area_km2']:.1f} km2), {d['compute']} to compute, {d['reuse']} reused"
         f"{est}\n  scenes: {_kv(d['scenes'])}\n  tiles with: {_kv(d['tiles_with'])}"
         f"\n  to compute by modalities: {_kv(d['signatures'])}"
-        f"\n  to read: {d['bytes_to_read'] / 1e6:,.1f} MB (up to {d['bytes_upper'] / 1e6:,.1f} MB)",
+        f"\n  to read: {d['bytes_to_read'] / 1e6:,.1f} MB (up to {d['bytes_upper'] / 1e6:,.1f} MB)"
+        + (f"; by native resolution: {', '.join(f'{k} {v / 1e6:,.1f} MB' for k, v in d['bytes_by_res'].items())}"
+           if d.get("bytes_by_res") else "")
+        + (f"\n  time here (measured): read {d['read_estimate_s']:,.1f} s ({d['read_s_per_tile']:.2f} s per tile, one "
+           f"thread), model {d['estimate_s']:,.1f} s; expected wall about {d['wall_estimate_s']:,.1f} s with the "
+           f"{d['executor']} executor" if d.get("wall_estimate_s") is not None else ""),
         err=True,
     )
 

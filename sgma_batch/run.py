@@ -441,9 +441,37 @@ class RunPlan:
     model_px_per_s: float | None  # measured forward throughput of the checkpoint on this machine
     estimate_s: float | None  # model-bound time for the tiles to compute (windows incl. overlap and halo)
     model_work_per_px: float | None = None  # pixels forwarded per output (AOI) pixel of the tiles to compute
+    bytes_by_res: dict[str, int] = field(default_factory=dict)  # bytes_to_read by "modality native-resolution"
+    read_s_per_tile: float | None = None  # measured: median of reading up to 3 tiles to compute, one thread
+    read_estimate_s: float | None = None  # read_s_per_tile x tiles to compute (one thread)
+    wall_estimate_s: float | None = None  # sequential: read + model; local/ray: max of the two (overlapped)
+    executor: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _res_label(modality: str, asset: Any) -> str:
+    """``"s2 20 m"``, ``"s1 8.98e-05 deg"``: a modality and an asset's native pixel size in its CRS units."""
+    if not asset.transform or asset.epsg is None:
+        return f"{modality} unknown grid"
+    unit = "deg" if asset.epsg == 4326 else "m"
+    return f"{modality} {abs(asset.transform[0]):.3g} {unit}"
+
+
+def _measure_read(tasks: list[Any], n: int = 3) -> float:
+    """Seconds to read a tile's modalities (one thread, no retries): the median of the first ``n`` tiles."""
+    from sgma_batch.read import read_modality_report
+    from sgma_batch.sensors import get_profile
+
+    times = []
+    for task in tasks[:n]:
+        t0 = time.perf_counter()
+        for cands in task.scenes.values():
+            if cands:
+                read_modality_report(cands, task.halo, get_profile(cands[0].sensor), retries=0)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _asset_bytes(asset: Any, modality: str, halo: Any) -> int:
@@ -514,19 +542,30 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
     tiles_with = {m: sum(1 for t in tasks if t.scenes.get(m)) for m in prep.card.modality_names}
     signatures: dict[str, int] = {}
     best = upper = 0
+    by_res: dict[str, int] = {}
     windows = 0
     for t in todo:
         key = "+".join(t.signature) or "none"
         signatures[key] = signatures.get(key, 0) + 1
         for m, cands in t.scenes.items():
             for i, scene in enumerate(cands):
-                n = sum(_asset_bytes(a, m, t.halo) for b, a in scene.assets.items())
+                sizes = [(_res_label(m, a), _asset_bytes(a, m, t.halo)) for a in scene.assets.values()]
+                n = sum(size for _, size in sizes)
                 upper += n
                 best += n if i == 0 else 0
+                for label, size in sizes if i == 0 else ():
+                    by_res[label] = by_res.get(label, 0) + size
         windows += model_pixels(t, spec.window_px, spec.overlap_px)
     window = spec.window_px or max(max(t.halo.shape.yx) for t in todo) if todo else 0
     rate = _measure_model(prep.model_path, window, 1 if spec.window_px is None else 8, spec.threads) \
         if measure and todo else None
+    read_tile_s = _measure_read(todo) if measure and todo else None
+    model_s = windows / rate if rate else None
+    read_s = read_tile_s * len(todo) if read_tile_s is not None else None
+    executor = resolve_executor(spec)
+    wall = None
+    if model_s is not None and read_s is not None:
+        wall = read_s + model_s if executor == "sequential" else max(read_s, model_s)
     g = prep.geobox
     return RunPlan(
         store=str(spec.out), store_exists=exists, tiles=len(tasks), reuse=len(done), compute=len(todo),
@@ -538,6 +577,10 @@ def plan_run(spec: RunSpec, *, measure: bool = True) -> RunPlan:
         model_px_per_s=round(rate, 1) if rate else None,
         estimate_s=round(windows / rate, 2) if rate else None,
         model_work_per_px=model_work_per_px(todo, aoi_in_grid_crs(prep.aoi.geometry, g), spec),
+        bytes_by_res=dict(sorted(by_res.items())),
+        read_s_per_tile=round(read_tile_s, 3) if read_tile_s is not None else None,
+        read_estimate_s=round(read_s, 1) if read_s is not None else None,
+        wall_estimate_s=round(wall, 1) if wall is not None else None, executor=executor,
     )
 
 
