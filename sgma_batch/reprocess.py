@@ -424,7 +424,7 @@ def acquire_lock(store: str | Path, *, note: str = "", break_lock: bool = False,
             f"store {store} is locked, {desc}{stale}; wait for that job, or pass --break-lock if it is dead"
         ) from None
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM) or not isinstance(path, Path):
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC, errno.EDQUOT) or not isinstance(path, Path):
             raise StoreUnwritableError(f"cannot write the run lock {path}: {exc.strerror}") from None
         raise
     log.debug("locked %s", store)

@@ -256,10 +256,14 @@ def create_exclusive(loc: Loc, data: bytes) -> None:
     if isinstance(loc, Path):
         loc.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(loc, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # a full disk after the create: leave no empty lock that blocks every later run
+            loc.unlink(missing_ok=True)
+            raise
         return
     _writable(loc)
     import obstore

@@ -227,3 +227,20 @@ def test_the_probe_message_hides_credentials(monkeypatch):
     with pytest.raises(ClusterUnreachableError) as err:
         probe_ray_address(f"ray://user:s3cret@127.0.0.1:{_closed_port()}")
     assert "s3cret" not in str(err.value)
+
+
+def test_a_lock_on_a_full_disk_is_exit_41_and_leaves_no_empty_lock(tmp_path):
+    from sgma_batch.errors import StoreUnwritableError
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mnt)]).returncode == 0
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'fill'}", "bs=1k", "count=8"], capture_output=True)
+        with pytest.raises(StoreUnwritableError) as err:
+            with run_lock(mnt / "x.zarr"):
+                pass
+        assert err.value.exit_code == 41
+        assert sorted(p.name for p in mnt.iterdir()) == ["fill"]  # no empty lock blocking the next run
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
