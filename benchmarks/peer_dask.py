@@ -20,6 +20,8 @@
 
     python benchmarks/peer_dask.py --catalog CAT --aoi min_lon,min_lat,max_lon,max_lat \
         --start 2024-05-03 --end 2024-05-08 --out dask.zarr --json
+
+odc-stac is not a dependency of sgma-batch: install the benchmark extra first (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
