@@ -35,6 +35,7 @@ from sgma_batch.errors import (
     DomainShiftError,
     NothingFoundError,
     PermanentAssetError,
+    SgmaError,
     SignerUnavailableError,
     UnitMismatchError,
     UnsupportedSceneError,
@@ -191,7 +192,9 @@ def probe_assets(scenes: Mapping[str, Sequence[Scene]], *, max_scenes: int = PRO
                     break
                 except (PermanentAssetError, UnsupportedSceneError) as exc:
                     errors.append(exc)
-                except OSError as exc:  # transient (5xx, reset, timeout): the run's retries handle those
+                except SgmaError:
+                    raise  # a missing signer package, ...: a setup error of its own
+                except Exception as exc:  # noqa: BLE001 - transient (5xx, reset, timeout, a garbled block): the run's retries handle those
                     log.warning("preflight: %s scene %s did not answer (%s); the run will retry it", mod,
                                 scene.id, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
                     break
