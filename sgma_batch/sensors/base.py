@@ -150,6 +150,16 @@ class SensorProfile:
 
         The validity is tested on each band as given (its own dtype), so it does not depend on ``dtype``.
         """
+        raw = self._raw_bands(scene, arrays)
+        data = np.empty((len(raw), *raw[0].shape), dtype)  # (C, H, W), filled band by band: one pass each
+        valid = np.ones(raw[0].shape, bool)  # (H, W)
+        for i, (band, a) in enumerate(zip(self.bands, raw, strict=True)):
+            data[i] = a
+            self._band_valid(scene, band, a, valid)
+        return data, valid
+
+    def _raw_bands(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """``self.bands`` as given, checked to be all there and on one grid."""
         missing = [b for b in self.bands if b not in arrays]
         if missing:
             raise UnsupportedSceneError(f"scene {scene.id}: no arrays for bands {missing} of profile {self.name}")
@@ -157,17 +167,17 @@ class SensorProfile:
         shapes = {a.shape for a in raw}
         if len(shapes) != 1:
             raise UnsupportedSceneError(f"scene {scene.id}: bands have different shapes {sorted(shapes)}; read them on one grid")
-        data = np.empty((len(raw), *raw[0].shape), dtype)  # (C, H, W), filled band by band: one pass each
-        valid = np.ones(raw[0].shape, bool)  # (H, W)
-        for i, (band, a) in enumerate(zip(self.bands, raw, strict=True)):
-            data[i] = a
-            if a.dtype.kind in "fc":
-                valid &= np.isfinite(a)
-            ref = scene.assets.get(band)
-            nodata = ref.nodata if ref is not None else None
-            if nodata is not None and np.isfinite(nodata):
-                valid &= a != nodata
-        return data, valid
+        return raw
+
+    @staticmethod
+    def _band_valid(scene: Scene, band: str, a: np.ndarray, valid: np.ndarray) -> None:
+        """Clear ``valid`` (H, W) in place where band ``a`` (as read, its own dtype) is non-finite or nodata."""
+        if a.dtype.kind in "fc":
+            valid &= np.isfinite(a)
+        ref = scene.assets.get(band)
+        nodata = ref.nodata if ref is not None else None
+        if nodata is not None and np.isfinite(nodata):
+            valid &= a != nodata
 
     @staticmethod
     def _zero_invalid(data: np.ndarray, valid: np.ndarray) -> np.ndarray:

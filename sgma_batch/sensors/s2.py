@@ -170,12 +170,18 @@ class _S2Base(SensorProfile):
 
     def _reflectance(self, scene: Scene, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """DN -> reflectance (C, H, W) float32 and validity (H, W); invalid pixels not zeroed yet."""
-        data, valid = self._stack(scene, arrays)  # (C, H, W) DN as float64, (H, W)
-        # Raw DN 0 is no data in every S2 product, whatever the catalogue records.
-        valid &= (data != 0).all(axis=0)
-        data += float(scene.extra.get("dn_offset", 0.0))  # in place: the same roundings as (data + offset) * scale
-        data *= float(scene.extra.get("dn_scale", DN_SCALE))
-        return data.astype(np.float32), valid
+        raw = self._raw_bands(scene, arrays)
+        offset, scale = float(scene.extra.get("dn_offset", 0.0)), float(scene.extra.get("dn_scale", DN_SCALE))
+        out = np.empty((len(raw), *raw[0].shape), np.float32)  # (C, H, W)
+        valid = np.ones(raw[0].shape, bool)  # (H, W)
+        buf = np.empty(raw[0].shape, np.float64)  # one band at a time: cache-sized, not a (C, H, W) float64
+        for i, (band, a) in enumerate(zip(self.bands, raw, strict=True)):
+            self._band_valid(scene, band, a, valid)
+            valid &= a != 0  # raw DN 0 is no data in every S2 product, whatever the catalogue records
+            np.add(a, offset, out=buf, dtype=np.float64)  # (DN + offset) * scale in float64, then float32:
+            buf *= scale  # the same roundings as the whole-stack computation
+            out[i] = buf
+        return out, valid
 
 
 class S2L2AProfile(_S2Base):
