@@ -55,7 +55,7 @@ def _bbox() -> str:
 
 def test_flaky_assets_give_a_bitwise_identical_store(archive, checkpoint, clean_store, tmp_path):
     with asset_server(archive.parent, tmp_path) as assets, \
-            chaos_proxy(assets, rate=0.2, seed=7, stall_s=4.0, workdir=tmp_path) as proxy:
+            chaos_proxy(assets, rate=0.2, seed=2, stall_s=4.0, workdir=tmp_path) as proxy:
         catalog = remote_items(archive, archive.parent, proxy.url, tmp_path / "remote.json")
         assert all(a["href"].startswith(proxy.url) for i in json.loads(catalog.read_text())["features"]
                    for a in i["assets"].values())
