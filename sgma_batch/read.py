@@ -266,6 +266,8 @@ def _read_into(src: Any, band: int, out: np.ndarray, geobox: GeoBox, nodata: Any
         row0 = round((t.f - src.transform.f) / src.transform.e)
         r0, r1 = max(row0, 0), min(row0 + h, src.height)
         c0, c1 = max(col0, 0), min(col0 + w, src.width)
+        if (r0, c0, r1, c1) == (row0, col0, row0 + h, col0 + w):  # the file covers the whole target:
+            return src.read(band, window=Window(c0, r0, w, h), out=out)  # GDAL converts into it, no copy
         if r0 < r1 and c0 < c1:
             out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
                 band, window=Window(c0, r0, c1 - c0, r1 - r0)
