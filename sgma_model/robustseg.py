@@ -46,7 +46,6 @@ from torch import Tensor, nn
 from sgma_model.losses import IGNORE_INDEX, masked_cross_entropy
 from sgma_model.model import SegmentationOutput
 
-
 KD_REDUCTIONS = ("mean", "sum")
 HPDM_VARIANTS = ("robustseg", "hybrid")
 
