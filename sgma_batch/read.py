@@ -246,7 +246,7 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
         )
     nodata = asset.nodata if asset.nodata is not None else src.nodatavals[band - 1]
     fill = np.float32(nodata) if nodata is not None else (np.float32(0) if categorical else np.float32(np.nan))
-    out = np.full((h, w), fill, np.float32)
+    out = np.empty((h, w), np.float32)  # _read_into fills what the file does not cover
     out = _read_into(src, band, out, geobox, nodata, fill, categorical=categorical)
     if nodata is not None and not categorical and np.isfinite(nodata):
         out[out == np.float32(nodata)] = np.nan  # the file's own nodata (not only the item's) is no data
@@ -255,6 +255,7 @@ def _read_open(src: Any, asset: AssetRef, geobox: GeoBox, *, categorical: bool) 
 
 def _read_into(src: Any, band: int, out: np.ndarray, geobox: GeoBox, nodata: Any, fill: Any, *,
                categorical: bool) -> np.ndarray:
+    """Band ``band`` of ``src`` on ``geobox`` into ``out`` (uninitialised): ``fill`` where the file has nothing."""
     from rasterio.enums import Resampling
     from rasterio.warp import reproject, transform_bounds
     from rasterio.windows import Window, from_bounds
@@ -268,6 +269,7 @@ def _read_into(src: Any, band: int, out: np.ndarray, geobox: GeoBox, nodata: Any
         c0, c1 = max(col0, 0), min(col0 + w, src.width)
         if (r0, c0, r1, c1) == (row0, col0, row0 + h, col0 + w):  # the file covers the whole target:
             return src.read(band, window=Window(c0, r0, w, h), out=out)  # GDAL converts into it, no copy
+        out.fill(fill)
         if r0 < r1 and c0 < c1:
             out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
                 band, window=Window(c0, r0, c1 - c0, r1 - r0)
@@ -280,6 +282,7 @@ def _read_into(src: Any, band: int, out: np.ndarray, geobox: GeoBox, nodata: Any
     col_end = min(math.ceil(win.col_off + win.width) + 2, src.width)
     row_end = min(math.ceil(win.row_off + win.height) + 2, src.height)
     if col_off >= col_end or row_off >= row_end:
+        out.fill(fill)
         return out
     window = Window(col_off, row_off, col_end - col_off, row_end - row_off)
     block = src.read(band, window=window).astype(np.float32)
