@@ -127,7 +127,9 @@ def register(app: typer.Typer) -> None:
                 f"{summary.nodata} nodata, {summary.degraded} degraded, {summary.failed} failed "
                 f"({summary.area_km2:.1f} km2 in {summary.seconds:.1f} s, {summary.executor} executor"
                 + (f", model work {summary.model_work_per_px:.2f} px per output px)"
-                   if summary.model_work_per_px is not None else ")"),
+                   if summary.model_work_per_px is not None else ")")
+                + (f"\n  in tiles: read {summary.read_s:,.1f} s, model {summary.model_s:,.1f} s (summed over tiles; "
+                   "`plan` estimates both)" if summary.read_s is not None and summary.model_s is not None else ""),
                 err=True,
             )
         partial = f"{summary.degraded} degraded, {summary.failed} failed tiles"

@@ -105,6 +105,8 @@ class RunSummary:
     created: bool = True
     executor: str = ""
     model_work_per_px: float | None = None  # pixels forwarded per output pixel (AOI) of the computed tiles
+    read_s: float | None = None  # seconds the computed tiles spent reading (summed over tiles: `plan` estimates it)
+    model_s: float | None = None  # seconds they spent in the model (summed over tiles)
 
     @property
     def exit_code(self) -> int:
@@ -414,6 +416,8 @@ def run_mosaic(spec: RunSpec, *, progress: Progress | None = None) -> RunSummary
         area_km2=round(aoi.area_km2, 4), seconds=round(time.perf_counter() - t0, 3),
         scenes={m: len(v) for m, v in prep.scenes.items()}, created=created, executor=executor,
         model_work_per_px=model_work_per_px(todo, aoi_grid, spec, context),
+        read_s=round(sum(r.timing.read_s for r in records if r.timing), 2) if records else None,
+        model_s=round(sum(r.timing.infer_s for r in records if r.timing), 2) if records else None,
     )
 
 
