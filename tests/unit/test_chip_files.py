@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from rasterio.windows import Window, transform as window_transform
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from sgma_batch import chips
 from sgma_batch.chip_files import LabelMap, ModalityFiles, import_chip_files, read_raster, resolve_files
@@ -170,6 +171,7 @@ def test_resolve_files_patterns(tmp_path):
     assert sorted(resolve_files(str(tmp_path / "a_*.tif"))) == ["a_S1Hand"]
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_cli_sar_only_import_and_clean_errors(sar_dir, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", "from cli.app import main; main()", "chips", *args],

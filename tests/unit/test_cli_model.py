@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sgma_batch import __version__
 from sgma_model import ModelCard, create_model, list_models, save_checkpoint
 from sgma_model.testing import CLASSES, MODALITIES, card_modalities
+
+pytestmark = pytest.mark.integration  # every test runs the CLI in a subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 

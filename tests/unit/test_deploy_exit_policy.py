@@ -108,6 +108,7 @@ def test_reprocess_allow_partial_keeps_a_lock_refusal_a_failure(tmp_path: Path, 
 
 
 # -- metrics ------------------------------------------------------------------------------------------------
+@pytest.mark.integration  # a subprocess (with Ray)
 def test_metrics_are_a_no_op_without_ray_and_never_import_it() -> None:
     code = (
         "import sys; from sgma_batch import metrics; "
@@ -119,6 +120,7 @@ def test_metrics_are_a_no_op_without_ray_and_never_import_it() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
+@pytest.mark.integration  # a subprocess (with Ray)
 def test_metrics_under_ray_count_tiles_area_and_rate(tmp_path: Path) -> None:
     """In a process with Ray initialised, every committed record updates the Ray metrics (dict or typed)."""
     code = """

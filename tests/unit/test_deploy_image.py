@@ -113,6 +113,7 @@ def test_every_other_install_is_the_pinned_list(name: str) -> None:
                 assert "==" in a or "${" in a, f"unpinned requirement {a!r} in {name}"
 
 
+@pytest.mark.integration  # a subprocess
 def test_constraints_are_exactly_what_the_tests_run_with() -> None:
     """deploy/constraints.txt == deploy/pin_constraints.py run in this (tested) environment."""
     proc = subprocess.run([sys.executable, str(DEPLOY / "pin_constraints.py")], capture_output=True, text=True,
@@ -148,6 +149,7 @@ def test_constraints_pin_every_runtime_dependency_exactly() -> None:
 SMOKE = DEPLOY / "kuberay" / "smoke-test"
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_smoke_script_runs_one_bf16_batch_of_the_shipped_model() -> None:
     proc = subprocess.run([sys.executable, str(SMOKE / "gpu_smoke.py"), "--device", "cpu", "--batch", "1",
                            "--px", "64"], capture_output=True, text=True, timeout=300, check=False)
@@ -156,6 +158,7 @@ def test_the_smoke_script_runs_one_bf16_batch_of_the_shipped_model() -> None:
     assert out["ok"] and out["dtype"] == "torch.bfloat16" and out["batch"][0] == 1 and out["modalities"]
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_smoke_script_refuses_a_cpu_build_on_the_gpu_path() -> None:
     import torch
 

@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # renders the overlays with kubectl
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared"
 KUBERAY = REPO / "deploy" / "kuberay"

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from test_deploy_manifests import rendered, validate_crd
 
+pytestmark = pytest.mark.integration  # an API server on 127.0.0.1 and the script in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "kuberay" / "components" / "reprocess-cronjob" / "submit_rayjob.py"
 NS = "sgma"

@@ -71,6 +71,7 @@ def _check_contract(model, subset, b, h, w):
             assert torch.isfinite(p.grad).all(), pname
 
 
+@pytest.mark.slow  # backbone-sized models (up to ~25 M parameters): the tiny variants keep the unit tier's contract
 @pytest.mark.parametrize("name", LARGER)
 def test_larger_variants_are_backbone_sized_and_keep_the_contract(name):
     torch.manual_seed(0)

@@ -18,9 +18,12 @@ Uniformly random prediction scores ~0.14 mIoU. With subset_prob=0.3 the margins 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sgma_model.testing import TASK_CLASSES, confusion, miou, synthetic_task, train_and_evaluate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # trains two models (~30 s on an idle core)
 
 torch.set_num_threads(1)
 

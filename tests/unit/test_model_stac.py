@@ -38,6 +38,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, ModelCard, int]:
     return path, saved, sum(p.numel() for p in model.state_dict().values())
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_model_info_stac_prints_a_valid_mlm_item(checkpoint):
     path, card, n_params = checkpoint
     proc = _cli("model", "info", str(path), "--stac")
@@ -89,6 +90,7 @@ def test_the_validator_rejects_a_broken_mlm_item(checkpoint):
         assert errors(broken), change
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_weights_that_are_not_the_cards_are_refused(checkpoint, tmp_path):
     path, _, _ = checkpoint
     other = tmp_path / "ckpt"

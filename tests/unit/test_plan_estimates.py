@@ -39,15 +39,15 @@ def test_unknown_grid_assumes_the_target_pixels():
     assert _asset_bytes(_ref(None, None), "dem", HALO) == 10_000 * 4
 
 
-def test_plan_reports_bytes_by_native_resolution_and_measured_times(tmp_path):
+@pytest.mark.integration  # reads the demo archive's COGs (generated once per session: tests/conftest.py)
+def test_plan_reports_bytes_by_native_resolution_and_measured_times(demo_cache_home, tmp_path):
     """``plan`` on the demo archive: bytes per modality and native resolution add up to the total, and with
     ``measure`` it times reads (median of up to 3 tiles) and forwards (median of 5) for a wall estimate."""
     from sgma_batch.run import RunSpec, plan_run
-    from sgma_batch.synthetic import default_cache_dir
 
     aoi = str(Path(__file__).resolve().parents[2] / "sgma_batch" / "synthetic" / "demo-aoi.geojson")
     spec = RunSpec(aoi=aoi, out=str(tmp_path / "p.zarr"), tile_px=256, executor="sequential",
-                   cache_dir=str(default_cache_dir()))
+                   cache_dir=str(demo_cache_home / "sgma-batch"))
     plan = plan_run(spec)
     assert sum(plan.bytes_by_res.values()) == plan.bytes_to_read > 0
     assert {k.split()[0] for k in plan.bytes_by_res} == {"s2", "s1", "dem"}

@@ -161,6 +161,7 @@ def _try_lock(store: str, queue) -> None:  # runs in a child process
         queue.put("refused")
 
 
+@pytest.mark.integration  # child processes
 def test_only_one_of_several_processes_gets_the_lock(tmp_path: Path) -> None:
     store = str(tmp_path / "race.zarr")
     ctx = multiprocessing.get_context("fork")
@@ -174,6 +175,7 @@ def test_only_one_of_several_processes_gets_the_lock(tmp_path: Path) -> None:
     assert results == ["acquired", "refused", "refused", "refused"]
 
 
+@pytest.mark.integration  # child processes
 def test_stale_lock_is_named_stale_and_can_be_broken(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     store.mkdir()
@@ -233,6 +235,7 @@ def test_a_held_lock_refuses_the_whole_job_before_anything_runs_or_is_created(tm
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.integration  # the CLI in a subprocess
 def test_cli_exits_42_on_a_held_lock_and_writes_a_report_otherwise(tmp_path: Path) -> None:
     spec_path = _write_spec(tmp_path, periods=[{"start": "2024-01-01", "end": "2024-01-31", "name": "jan"}],
                             aois=[{"name": "demo", "path": "aoi.geojson"}])

@@ -110,6 +110,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.integration  # mounts a tmpfs
 def test_a_mount_point_is_refused_but_a_folder_inside_it_is_fine(tmpfs):
     (tmpfs / "data.bin").write_bytes(b"1")
     with pytest.raises(UnsafeOutputError, match="mount point"):
@@ -152,6 +153,7 @@ def test_run_lock_is_taken_released_and_reentrant(tmp_path):
     assert not lock_path(store).exists()
 
 
+@pytest.mark.integration  # a child process holds the lock
 def test_a_live_lock_is_refused_and_break_lock_needs_a_dead_owner_or_force(tmp_path):
     store = tmp_path / "s.zarr"
     owner = _sleeper()
@@ -182,6 +184,7 @@ def test_a_live_lock_is_refused_and_break_lock_needs_a_dead_owner_or_force(tmp_p
         pass
 
 
+@pytest.mark.integration  # a child process holds the lock
 def test_reprocess_break_lock_refuses_a_live_owner(tmp_path):
     from sgma_batch.reprocess import store_locks
 
@@ -244,3 +247,20 @@ def test_a_lock_on_a_full_disk_is_exit_41_and_leaves_no_empty_lock(tmp_path):
         assert sorted(p.name for p in mnt.iterdir()) == ["fill"]  # no empty lock blocking the next run
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_new_path_below_a_file_or_on_a_read_only_mount_is_exit_41(tmp_path):
+    from sgma_batch.errors import StoreUnwritableError
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StoreUnwritableError, match="is a file, not a folder; choose a writable --out"):
+        check_output_target(tmp_path / "a-file" / "sub" / "m.zarr", kind="mosaic")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    assert subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)]).returncode == 0
+    try:
+        with pytest.raises(StoreUnwritableError, match="Read-only file system") as err:
+            check_output_target(ro / "m.zarr", kind="chips")
+        assert err.value.exit_code == 41
+    finally:
+        subprocess.run(["umount", "-l", str(ro)])

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the CLI in a subprocess
+
 STAC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "stac"
 ES10 = str(STAC / "earthsearch_sentinel-2-c1-l2a_10items.json")
 

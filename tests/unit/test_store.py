@@ -298,7 +298,7 @@ def test_a_store_of_an_older_layout_is_refused(tmp_path):
         open_or_create_store(path, _layout(), {})
 
 
-@pytest.mark.parametrize("tile", [16, 32])
+@pytest.mark.parametrize("tile", [pytest.param(16, marks=pytest.mark.slow), 32])  # 16: 4x the chunks, 1 level more
 def test_overviews_hold_the_centre_pixel_of_every_block_at_every_level(tmp_path, tile):
     """Level f, index i = full-resolution pixel f * i + f // 2 (fill beyond the grid), for every variable and
     level: the Z-order writer buffers levels coarser than its read unit across units, and finer ones within."""

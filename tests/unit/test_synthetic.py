@@ -58,6 +58,7 @@ def test_classes_match_the_contract():
                        ("built_up", "#e31a1c"), ("bare", "#bfa27a"), ("wetland", "#6a3d9a"))
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
     again = generate_archive(tmp_path / "again", **SMALL)
     first, second = _hashes(small.root), _hashes(again.root)
@@ -79,6 +80,7 @@ def test_refuses_a_non_empty_folder(tmp_path):
     assert (tmp_path / "x").read_text() == "keep me"
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_every_raster_is_a_cog_in_the_utm_crs_with_overviews(small):
     tifs = [p for p in small.root.rglob("*") if p.suffix in (".tif", ".tiff")]
     assert len(tifs) >= 4 * 11 + 2
@@ -95,6 +97,7 @@ def test_every_raster_is_a_cog_in_the_utm_crs_with_overviews(small):
                 assert ds.res == (30.0, 30.0) and ds.transform.c == small.geobox.affine.c
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_stac_catalog_structure_and_hrefs(small, catalog):
     assert set(catalog) == {"sentinel-2-c1-l2a", "sentinel-1-rtc", "cop-dem-glo-30", "sgma-labels"}
     s2_keys = {"blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22", "scl"}
@@ -136,6 +139,7 @@ def test_stac_catalog_structure_and_hrefs(small, catalog):
         assert key in real["properties"] and key in ours["properties"]
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_missing_pass_and_swath_edges(small, catalog):
     s1 = catalog["sentinel-1-rtc"]
     assert len(s1) < len(catalog["sentinel-2-c1-l2a"])  # a date without Sentinel-1
@@ -150,6 +154,7 @@ def test_missing_pass_and_swath_edges(small, catalog):
         assert ((scl == 0) == (blue == 0)).all() and (scl == 0).any()
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_scl_clouds_are_bright_and_clear_pixels_are_not(catalog):
     seen = 0
     for item in catalog["sentinel-2-c1-l2a"]:
@@ -186,6 +191,7 @@ def _class_stats(catalog, label):
     return opt, sar
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_modalities_separate_the_designed_class_pairs(small, catalog):
     with rasterio.open(small.label_path) as ds:
         label = ds.read(1)
@@ -202,6 +208,7 @@ def test_modalities_separate_the_designed_class_pairs(small, catalog):
     assert sar[WETLAND][0] - sar[WATER][0] > 6.0
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_dem_is_lowest_and_flat_on_water(small, catalog):
     (dem_item,) = catalog["cop-dem-glo-30"]
     with rasterio.open(dem_item.assets["data"].get_absolute_href()) as ds:
@@ -244,6 +251,7 @@ def test_every_class_in_the_demo_extent_and_aoi_inside():
     assert extent.buffer(-0.005).contains(geom)  # inside with margin (~400 m)
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_ensure_archive_builds_once_under_a_race(tmp_path):
     calls = []
 
@@ -284,6 +292,7 @@ def test_demo_cache_folder_is_tied_to_the_generator(tmp_path):
     assert info.epsg == DEMO_EPSG and info.bounds.crs.epsg == DEMO_EPSG and len(info.dates) == 4
 
 
+@pytest.mark.integration  # builds a COG archive
 def test_cli_archive_synth_json(tmp_path):
     from typer.testing import CliRunner
 
