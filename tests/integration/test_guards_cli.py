@@ -120,13 +120,14 @@ def test_a_mount_point_is_refused(world, unchanged, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["foreign", "mosaic", "dot"])
-def test_chips_overwrite_replaces_only_a_chip_store(world, unchanged, tmp_path, target):
+def test_chips_overwrite_replaces_only_a_chip_store(world, unchanged, demo_cache_home, tmp_path, target):
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"\xff\xd8")
     out = {"foreign": str(foreign), "mosaic": str(world["store"]), "dot": "."}[target]
     r = subprocess.run(rh.cli_args("chips", "--demo", "--out", out, "--overwrite"), capture_output=True, text=True,
-                       env=rh.cli_env(), cwd=foreign if target == "dot" else tmp_path, timeout=600)
+                       env=rh.cli_env({"XDG_CACHE_HOME": str(demo_cache_home)}),  # the session's demo archive
+                       cwd=foreign if target == "dot" else tmp_path, timeout=600)
     _refused(r, 44, {"foreign": "did not write", "mosaic": "mosaic store", "dot": "will not write"}[target])
     assert (foreign / "holiday.jpg").read_bytes() == b"\xff\xd8"
 

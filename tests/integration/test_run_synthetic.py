@@ -103,10 +103,10 @@ def test_cli_on_a_generated_archive_with_label_agreement(checkpoint, tmp_path):
     assert (again.reuse, again.compute) == (summary["tiles"], 0)
 
 
-def test_defaults_are_the_demo_archive_and_the_shipped_model_which_maps_the_truth(tmp_path):
+def test_defaults_are_the_demo_archive_and_the_shipped_model_which_maps_the_truth(demo_cache_home, tmp_path):
     from sgma_batch.agreement import label_agreement
 
-    cache = tmp_path / "xdg"
+    cache = demo_cache_home  # the session's demo archive (tests/conftest.py): generated once, found here
     out = tmp_path / "demo.zarr"
     r = _cli("run", "--aoi", str(REPO / "examples" / "demo-aoi.geojson"), "--out", str(out),
              "--sequential", "--json", env_extra={"XDG_CACHE_HOME": str(cache)})

@@ -15,7 +15,7 @@ from sgma_batch.models import default_checkpoint
 pytestmark = pytest.mark.integration
 
 
-def test_demo_model_scores_above_floor(tmp_path):
+def test_demo_model_scores_above_floor(demo_cache_home, tmp_path):
     from sgma_batch.synthetic import ensure_demo_archive
     from sgma_model import load_checkpoint, read_card
 
@@ -23,7 +23,7 @@ def test_demo_model_scores_above_floor(tmp_path):
     model, card = load_checkpoint(ckpt)
     assert model.modalities == ("s2", "s1", "dem") and len(card.classes) == 7
     assert card.training["data"]["counts"]["train"] > 0
-    info = ensure_demo_archive(tmp_path / "cache")
+    info = ensure_demo_archive(demo_cache_home / "sgma-batch")  # the session's (tests/conftest.py)
     b = info.geobox.extent.to_crs("EPSG:4326").boundingbox
     store = chips.export_chips(
         catalog=info.catalog_path, aoi=(b.left, b.bottom, b.right, b.top), start="2024-05-03", end="2024-05-18",
