@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reliability_helpers as rh
 import run_archive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a multi-node Ray cluster; ~100 s under load (2 cores)
 
 # Small tiles with a wide halo: ~80 tiles whose inputs (96 px halo boxes, > 100 KB) go through the object
 # store of the node that read them, and sliding windows, so each tile takes ~0.3 s and the run lasts long
