@@ -249,7 +249,7 @@ def _write_template(store: Any, layout: StoreLayout, attrs: Mapping[str, Any], *
 
     The metadata is what xarray's ``to_zarr(compute=False)`` writes for the same arrays (CF ``_FillValue``,
     ``scale_factor``, ``coordinates``, dimension names; tests/unit/test_store_template.py compares the two),
-    without importing xarray, pandas and dask on the way to the first tile (~2.5 CPU s here).
+    without importing xarray, pandas and dask on the way to the first tile.
     """
     import zarr
 
