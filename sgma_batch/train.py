@@ -437,6 +437,32 @@ def _card_modalities(store: Any, mods: Sequence[str]) -> list[dict]:
     return out
 
 
+def _ray_storage(storage: Any) -> dict[str, Any]:
+    """RunConfig arguments for Ray Train's storage: a path as is; an ``s3://`` URL through a pyarrow
+    S3FileSystem built from the standard variables (``AWS_ENDPOINT_URL[_S3]``, ``AWS_ALLOW_HTTP``, region).
+
+    pyarrow's own ``from_uri`` resolves the bucket's region against AWS itself and ignores the endpoint, so
+    a MinIO / moto / other S3-compatible endpoint would fail there.
+    """
+    import os
+
+    text = str(storage)
+    if not text.startswith("s3://"):
+        return {"storage_path": text}
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kw: dict[str, Any] = {"region": region}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kw["endpoint_override"] = host or scheme
+        kw["scheme"] = scheme if host else ("http" if os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true" else "https")
+    if os.environ.get("AWS_SKIP_SIGNATURE", "").lower() == "true":
+        kw["anonymous"] = True
+    return {"storage_path": text[len("s3://"):], "storage_filesystem": fs.S3FileSystem(**kw)}
+
+
 def train(spec: TrainSpec) -> TrainResult:
     """Run (or resume) a training job on Ray Train and write the final checkpoint to ``spec.out_dir``."""
     import torch
@@ -488,8 +514,8 @@ def train(spec: TrainSpec) -> TrainResult:
         torch_config=TorchConfig(backend="nccl" if spec.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpu,
                                      resources_per_worker=None if spec.gpu else {"CPU": 1}),
-        run_config=RunConfig(name=spec.name, storage_path=spec.storage,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RunConfig(name=spec.name, checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             **_ray_storage(spec.storage)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
