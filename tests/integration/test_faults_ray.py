@@ -99,7 +99,9 @@ def test_driver_sigkill_then_rerun_recomputes_only_uncommitted_tiles(archive, ch
     assert 3 <= done_before < total
     assert not (out / "item.json").exists()  # the finish step never ran: a half-written store
 
-    r = rh.cli(*_args(archive, checkpoint, out))
+    r = rh.cli(*_args(archive, checkpoint, out))  # the killed run's lock is still there: named as stale
+    assert r.returncode == 42 and "stale" in r.stderr and "--break-lock" in r.stderr, r.stderr[-3000:]
+    r = rh.cli(*_args(archive, checkpoint, out), "--break-lock")  # its owner is dead: the lock may go
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert summary["tiles"] == total
