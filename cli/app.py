@@ -14,15 +14,8 @@ import importlib
 import logging
 import os
 import sys
-import threading
 
-#: Commands that forward the model: torch's import (~2 s, the longest of a run's start-up) begins in a
-#: daemon thread at once, beside the imports of the CLI, the catalogue search and the planning.
-_FORWARDING = {"run", "plan"}
-if _FORWARDING & set(sys.argv[1:3]) and "--help" not in sys.argv:
-    threading.Thread(target=importlib.import_module, args=("torch",), name="sgma-import-torch", daemon=True).start()
-
-import typer  # after the torch import has started
+import typer
 
 from sgma_batch import __version__
 from sgma_batch.errors import Terminated
