@@ -136,6 +136,7 @@ def check_output_target(path: str | Path, *, kind: StoreKind, replace: bool = Fa
     if why is not None:
         raise UnsafeOutputError(f"{flag} {text} is {why}; give a new folder such as {flag} map.zarr")
     if not p.exists():
+        _check_creatable(p, text, flag)
         return p
     if not p.is_dir():
         raise UnsafeOutputError(f"{flag} {text} is a file, not a store; remove it or give another path")
@@ -155,6 +156,21 @@ def check_output_target(path: str | Path, *, kind: StoreKind, replace: bool = Fa
     raise UnsafeOutputError(
         f"{flag} {text} holds {what}; sgma-batch will not {action} it: give a new path or remove it yourself"
     )
+
+
+def _check_creatable(p: Path, text: str, flag: str) -> None:
+    """The nearest existing folder above a new path is a writable folder (StoreUnwritableError, 41)."""
+    from sgma_batch.errors import StoreUnwritableError
+
+    anc = p.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise StoreUnwritableError(f"cannot create {text}: {anc} is a file, not a folder; choose a writable {flag}")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(anc).f_flag & os.ST_RDONLY)
+        reason = os.strerror(errno.EROFS) if read_only else os.strerror(errno.EACCES)
+        raise StoreUnwritableError(f"cannot create {text} in {anc} ({reason}); choose a writable {flag}")
 
 
 def _check_object_target(url: str, *, kind: StoreKind, replace: bool, flag: str) -> None:

@@ -100,9 +100,16 @@ def test_a_held_lock_refuses_with_exit_42_and_writes_nothing(job: Path) -> None:
     # nothing written: no store, no report, the holder's lock untouched, not one new file anywhere
     assert sorted(p.relative_to(job.parent) for p in job.parent.rglob("*")) == files
     assert not Path(entry.store).exists() and lock_path(entry.store).read_bytes() == held
-    # --break-lock takes the (stale) lock over and runs; the report is written
+    # the holder (this test process) is alive: --break-lock alone is refused (42), --force takes it over and
+    # runs; the report is written
     proc = subprocess.run(
         [sys.executable, "-m", "cli.app", "reprocess", "--spec", str(job), "--report", str(report), "--break-lock"],
+        check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+    )
+    assert proc.returncode == 42 and "alive" in proc.stderr, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.app", "reprocess", "--spec", str(job), "--report", str(report), "--break-lock",
+         "--force"],
         check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
