@@ -6,7 +6,7 @@ line and exits with ``err.exit_code``; ``docs/reliability.md`` lists the codes a
 
 Exit codes: 0 success, 1 unexpected internal error, 2 command-line usage, 3 partial result (the job
 finished but some tiles are degraded or failed), 4 nothing found, 5 Ray cluster unreachable; 10-19 AOI, 20-29 catalogue and
-search, 30-39 model and checkpoint, 40-49 output store, 50-59 training and chips, 60-69 data/assets;
+search, 30-39 model, checkpoint and domain, 40-49 output store, 50-59 training and chips, 60-69 data/assets;
 143 stopped by SIGTERM (:class:`Terminated`).
 """
 
@@ -79,16 +79,16 @@ class AOIAntimeridianError(AOIError):
     exit_code = 16
 
 
-class AOIOutsideCatalogError(AOIError, LookupError):
-    """The AOI does not touch the area the catalogue covers (for the demo archive: a small synthetic area)."""
-
-    exit_code = 17
-
-
 class PlanTooLargeError(SgmaError, ValueError):
     """Parameters that plan more pixels, tiles or periods than the size guards allow."""
 
     exit_code = 18
+
+
+class AOIOutsideCatalogError(AOIError, LookupError):
+    """The AOI does not touch the area the catalogue covers (for the demo archive: a small synthetic area)."""
+
+    exit_code = 17
 
 
 # -- catalogue and search (20-29) -------------------------------------------------------------------
@@ -165,6 +165,13 @@ class StoreCorruptError(StoreError):
     exit_code = 43
 
 
+class UnsafeOutputError(StoreError):
+    """An output path sgma-batch refuses to create or replace: not a store of the expected kind, ``.``,
+    ``~``, a mount point, a symlink, a file, a non-empty folder it did not write."""
+
+    exit_code = 44
+
+
 # -- training, chips, specs (50-59) -----------------------------------------------------------------
 class SpecError(SgmaError, ValueError):
     exit_code = 50
@@ -181,13 +188,6 @@ class AssetReadError(SgmaError, OSError):
 
 class CorruptAssetError(AssetReadError):
     exit_code = 61
-
-
-class UnsafeOutputError(StoreError):
-    """An output path sgma-batch refuses to create or replace: not a store of the expected kind, ``.``,
-    ``~``, a mount point, a symlink, a file, a non-empty folder it did not write."""
-
-    exit_code = 44
 
 
 class EmptyDataError(SgmaError, ValueError):
