@@ -288,10 +288,8 @@ def test_reprocess_into_an_s3_store_template(archive, checkpoint, local_ref, s3,
 
 
 def test_chips_and_training_checkpoints_on_s3(s3, s3_env, tmp_path):
-    import ray
 
     from sgma_batch.chips import ChipStore
-    from sgma_batch.train import TrainSpec, train
     from sgma_model import load_checkpoint
 
     url = f"s3://{BUCKET}/chips/s1f11.zarr"
@@ -309,24 +307,26 @@ def test_chips_and_training_checkpoints_on_s3(s3, s3_env, tmp_path):
     assert r.returncode != 0  # refuses to overwrite without --overwrite
 
     ckpt = f"s3://{BUCKET}/models/trained"
-    # the workers (and Ray Train's controller) read and write S3: a Ray of this test with the same environment
-    # (one left running by an earlier test in this process lacks it)
-    if ray.is_initialized():
-        ray.shutdown()
-    started = True
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": s3_env})
-    try:
-        # Ray Train's own run folder stays local here: pyarrow 26 misreads moto's CompleteMultipartUpload reply
-        # ("error embedded in a 200 OK"), so Ray's storage on this test server cannot work; the chips and the
-        # final checkpoint go through sgma-batch's own storage layer
-        result = train(TrainSpec(name="s3", chips=url, storage=str(tmp_path / "runs"), out=ckpt, model="sgma_tiny",
-                                 batch_size=4, workers=1, epochs=1, lr=2e-3, warmup_epochs=0.5))
-    finally:
-        if started:
-            ray.shutdown()
-    assert result.checkpoint == ckpt
+    # training in its own process with its own Ray, so that Ray's workers get the S3 environment (a Ray an
+    # earlier test left in this process lacks it, and must not be shut down under that test's fixture).
+    # Ray Train's run folder stays local: pyarrow 26 misreads moto's CompleteMultipartUpload reply ("error
+    # embedded in a 200 OK"); the chips and the final checkpoint go through sgma-batch's storage layer.
+    code = (
+        "import json, ray\n"
+        "from sgma_batch.train import TrainSpec, train\n"
+        "ray.init(num_cpus=2, include_dashboard=False)\n"
+        f"r = train(TrainSpec(name='s3', chips={url!r}, storage={str(tmp_path / 'runs')!r}, out={ckpt!r}, "
+        "model='sgma_tiny', batch_size=4, workers=1, epochs=1, lr=2e-3, warmup_epochs=0.5))\n"
+        "print(json.dumps({'checkpoint': str(r.checkpoint), 'model_hash': r.model_hash}))\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, **s3_env}, cwd=str(rh.REPO),
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["checkpoint"] == ckpt
     _, card = load_checkpoint(ckpt)
-    assert card.model_hash == result.model_hash and card.training["data"]["chips"] == url
+    assert card.model_hash == result["model_hash"] and card.training["data"]["chips"] == url
     assert storage.list_names(ckpt) == ["card.json", "model.safetensors"]
     assert (tmp_path / "runs" / "s3").is_dir()
 
